@@ -1,27 +1,7 @@
-"""offlax's shared, non-algorithm code: datasets, normalisation, (later) evaluation and logging."""
+"""offlax's shared, non-algorithm code.
 
-from common.datasets import (
-    Dataset,
-    DatasetError,
-    DatasetFormatError,
-    DatasetInfo,
-    DatasetUnavailableError,
-    UnknownDatasetError,
-    load_dataset,
-    normalized_score,
-)
-from common.normalization import ObservationStatistics, iql_reward_scale, observation_statistics
-
-__all__ = [
-    "Dataset",
-    "DatasetError",
-    "DatasetFormatError",
-    "DatasetInfo",
-    "DatasetUnavailableError",
-    "ObservationStatistics",
-    "UnknownDatasetError",
-    "iql_reward_scale",
-    "load_dataset",
-    "normalized_score",
-    "observation_statistics",
-]
+common.datasets       load_dataset, Dataset, normalized_score, the DatasetError family
+common.normalization  observation statistics, IQL reward scaling
+common.behaviour      offlax's D4RL-style datasets from committed behaviour policies
+common.d4rl_names     the D4RL name -> Minari id table and D4RL's reference scores
+"""

@@ -117,3 +117,19 @@ def test_committed_invertedpendulum_expert_is_an_expert(minari_dir):
 
 def test_policy_file_meta_is_json(use_tiny_policies):
     json.dumps(use_tiny_policies.meta)
+
+
+@pytest.mark.skipif(not (behaviour.POLICY_DIR / "hopper.npz").exists(),
+                    reason="committed Hopper policies absent")  # fmt: skip
+def test_embedded_default_builds_on_first_use(minari_dir):
+    from common.datasets import DEFAULT_DATASET
+
+    d = load_dataset(DEFAULT_DATASET)
+    meta = behaviour.load_policies("hopper").meta
+    assert d.size == sum(steps for _, steps in meta["replay_schedule"])
+    assert d.info.env_id == "Hopper-v5" and d.info.source == "offlax"
+    # a replay buffer up to the medium snapshot spans random to about medium returns
+    scores = normalized_score(d.episode_returns(), d.info)
+    medium = 100 * (meta["medium_return_selection"] - meta["ref_min_score"]) / (
+        meta["ref_max_score"] - meta["ref_min_score"])  # fmt: skip
+    assert scores.min() < 5 and scores.max() > 0.5 * medium
