@@ -21,7 +21,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import behaviour  # noqa: E402
-from common.datasets import _minari_local_exists  # noqa: E402
+from common.datasets import _minari_local_exists, load_dataset  # noqa: E402
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Args:
 def build(spec: behaviour.OfflaxSpec) -> tuple[str, float]:
     start = time.time()
     behaviour.build_dataset(spec, progress=False)
+    load_dataset(spec.dataset_id)  # writes the flat-array cache, so later loads are fast
     return spec.dataset_id, time.time() - start
 
 

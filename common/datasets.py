@@ -269,7 +269,66 @@ def _flatten_observations(observations) -> np.ndarray:
     return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
 
 
+FLAT_CACHE = "offlax_flat.npz"
+_FLAT_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+_FLAT_CACHE_VERSION = 1
+
+
+def _data_signature(ds) -> str:
+    """Name, size and mtime of every file of a Minari dataset: a cache is valid while equal."""
+    data_dir = Path(ds.storage.data_path)
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(data_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return f"v{_FLAT_CACHE_VERSION}:{stats}"
+
+
+def _read_flat_cache(path: Path, signature: str):
+    try:
+        with np.load(path) as cache:
+            if str(cache["signature"]) != signature:
+                return None
+            return tuple(cache[k] for k in _FLAT_FIELDS)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _write_flat_cache(path: Path, signature: str, arrays):
+    """Atomic (temporary file + rename); skipped where the directory is not writable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, signature=np.array(signature), **dict(zip(_FLAT_FIELDS, arrays)))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def _minari_to_dataset(ds, dataset_id: str, requested: str) -> Dataset:
+    """Flatten a Minari dataset's episodes. HDF5 access costs milliseconds per episode (a
+    random-policy MuJoCo set has ~50k episodes), so the flat arrays are cached beside the
+    dataset (`offlax_flat.npz`, keyed by the data files' sizes and times) after the first load."""
+    cache_path = Path(ds.storage.data_path).parent / FLAT_CACHE
+    signature = _data_signature(ds)
+    arrays = _read_flat_cache(cache_path, signature)
+    if arrays is None:
+        arrays = _flatten_minari_episodes(ds, dataset_id)
+        _write_flat_cache(cache_path, signature, arrays)
+    metadata = dict(ds.storage.metadata)
+    env_spec = ds.env_spec
+    ref_min, ref_max, ref_source = _reference_scores(metadata, dataset_id)
+    info = DatasetInfo(
+        name=requested,
+        source=OFFLAX_NAMESPACE if dataset_id.startswith(OFFLAX_NAMESPACE + "/") else "minari",
+        dataset_id=dataset_id,
+        env_id=env_spec.id if env_spec is not None else None,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        ref_score_source=ref_source,
+        metadata=metadata,
+    )
+    return Dataset(*arrays, info)
+
+
+def _flatten_minari_episodes(ds, dataset_id: str) -> tuple:
     fields: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
     for episode in ds.iterate_episodes():
         obs = _flatten_observations(episode.observations)
@@ -290,24 +349,9 @@ def _minari_to_dataset(ds, dataset_id: str, requested: str) -> Dataset:
         fields["trunc"].append(timeout)
     if not fields["rew"]:
         raise DatasetFormatError(f"Minari dataset '{dataset_id}' has no episodes.")
-    metadata = dict(ds.storage.metadata)
-    env_spec = ds.env_spec
-    ref_min, ref_max, ref_source = _reference_scores(metadata, dataset_id)
-    info = DatasetInfo(
-        name=requested,
-        source=OFFLAX_NAMESPACE if dataset_id.startswith(OFFLAX_NAMESPACE + "/") else "minari",
-        dataset_id=dataset_id,
-        env_id=env_spec.id if env_spec is not None else None,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
-        ref_score_source=ref_source,
-        metadata=metadata,
+    return tuple(
+        np.concatenate(fields[k]) for k in ("obs", "act", "rew", "next", "term", "trunc")
     )
-    c = np.concatenate
-    return Dataset(
-        c(fields["obs"]), c(fields["act"]), c(fields["rew"]), c(fields["next"]),
-        c(fields["term"]), c(fields["trunc"]), info,
-    )  # fmt: skip
 
 
 def _reference_scores(metadata: dict, dataset_id: str):

@@ -185,3 +185,26 @@ def test_hdf5_fields_of_different_lengths(tmp_path):
         f["terminals"] = np.zeros(5, bool)
     with pytest.raises(DatasetFormatError, match="different lengths"):
         load_dataset(str(path))
+
+
+def test_flat_cache_is_used_and_invalidated_when_the_data_changes(minari_dir, monkeypatch):
+    import os
+
+    import common.datasets as datasets
+
+    create_minari("test/pend/cached-v0", [(4, True, False), (3, False, True)], (0.0, 1.0))
+    first = load_dataset("test/pend/cached-v0")
+    assert (minari_dir / "test/pend/cached-v0" / datasets.FLAT_CACHE).exists()
+
+    def no_episode_reads(*args):
+        raise AssertionError("episodes were read although the cache is valid")
+
+    monkeypatch.setattr(datasets, "_flatten_minari_episodes", no_episode_reads)
+    second = load_dataset("test/pend/cached-v0")
+    for field in ("observations", "actions", "rewards", "next_observations", "terminals",
+                  "timeouts"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
+    data_file = next((minari_dir / "test/pend/cached-v0/data").glob("*.hdf5"))
+    os.utime(data_file, ns=(1, 1))  # the data changed: the cache no longer matches
+    with pytest.raises(DatasetFormatError, match="episodes were read"):
+        load_dataset("test/pend/cached-v0")
