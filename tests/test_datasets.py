@@ -208,3 +208,22 @@ def test_flat_cache_is_used_and_invalidated_when_the_data_changes(minari_dir, mo
     os.utime(data_file, ns=(1, 1))  # the data changed: the cache no longer matches
     with pytest.raises(DatasetFormatError, match="episodes were read"):
         load_dataset("test/pend/cached-v0")
+
+
+@pytest.mark.parametrize("d4rl_name, minari_id, offlax_id, family", [
+    ("hopper-medium-v2", "mujoco/hopper/medium-v0", "offlax/hopper/medium-v0", "hopper"),
+    ("halfcheetah-medium-replay-v2", None, "offlax/halfcheetah/medium-replay-v0", "halfcheetah"),
+    ("ant-expert-v2", "mujoco/ant/expert-v0", None, "ant"),
+    ("antmaze-umaze-diverse-v2", "D4RL/antmaze/umaze-diverse-v1", None, "antmaze"),
+    ("door-human-v1", "D4RL/door/human-v2", None, "door"),
+    ("kitchen-mixed-v0", "D4RL/kitchen/mixed-v2", None, "kitchen"),
+    ("maze2d-large-dense-v1", "D4RL/pointmaze/large-dense-v2", None, "maze2d-large-dense"),
+])  # fmt: skip
+def test_d4rl_name_table(d4rl_name, minari_id, offlax_id, family):
+    from common.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES, reference_family
+
+    entry = D4RL_NAMES[d4rl_name]
+    assert (entry.minari_id, entry.offlax_id, entry.family) == (minari_id, offlax_id, family)
+    assert family in D4RL_REFERENCE_SCORES
+    if minari_id:
+        assert reference_family(minari_id) == family
