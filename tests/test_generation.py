@@ -133,3 +133,22 @@ def test_embedded_default_builds_on_first_use(minari_dir):
     medium = 100 * (meta["medium_return_selection"] - meta["ref_min_score"]) / (
         meta["ref_max_score"] - meta["ref_min_score"])  # fmt: skip
     assert scores.min() < 5 and scores.max() > 0.5 * medium
+
+
+def test_generate_datasets_script_builds_a_suite(minari_dir, tmp_path):
+    import generate_datasets
+
+    timings = tmp_path / "times.json"
+    generate_datasets.main(generate_datasets.Args(
+        envs=("invertedpendulum",), levels=("medium", "expert", "medium-expert"), size=400,
+        workers=1, timings=str(timings),
+    ))  # fmt: skip
+    assert set(minari.list_local_datasets()) >= {
+        "offlax/invertedpendulum/medium-400-v0", "offlax/invertedpendulum/expert-400-v0",
+        "offlax/invertedpendulum/medium-expert-400-v0",
+    }  # fmt: skip
+    both = load_dataset("offlax/invertedpendulum/medium-expert-400-v0")
+    expert = load_dataset("offlax/invertedpendulum/expert-400-v0")
+    assert both.size == 400
+    np.testing.assert_array_equal(both.observations[200:], expert.observations[:200])
+    assert "offlax/invertedpendulum/expert-400-v0" in json.loads(timings.read_text())
