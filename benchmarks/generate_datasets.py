@@ -21,7 +21,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import behaviour  # noqa: E402
-from common.datasets import _minari_local_exists, load_dataset  # noqa: E402
+from common.datasets import minari_local_exists, load_dataset  # noqa: E402
 
 
 @dataclass
@@ -56,7 +56,7 @@ def main(args: Args):
     specs = [behaviour.OfflaxSpec(env, level, args.size) for env in args.envs for level in args.levels]
     if args.force:
         for spec in specs:
-            if _minari_local_exists(spec.dataset_id):
+            if minari_local_exists(spec.dataset_id):
                 minari.delete_dataset(spec.dataset_id)
     # medium-expert last: it is assembled from medium and expert.
     first = [s for s in specs if s.level != "medium-expert"]

@@ -383,16 +383,16 @@ def build_dataset(spec: OfflaxSpec, progress: bool = True) -> str:
 
     medium-expert reuses the local medium and expert datasets of the same sizes when they exist
     (they are exactly what it would roll out again)."""
-    from common.datasets import _minari_local_exists
+    from common.datasets import minari_local_exists
 
     dataset_id = spec.dataset_id
-    if _minari_local_exists(dataset_id):
+    if minari_local_exists(dataset_id):
         return dataset_id
     if progress:
         print(f"Building {dataset_id} from the committed behaviour policies (once; then cached).")
     if spec.level == "medium-expert":
         parts = medium_expert_parts(spec)
-        if all(_minari_local_exists(p.dataset_id) for p in parts):
+        if all(minari_local_exists(p.dataset_id) for p in parts):
             episodes = [ep for p in parts for ep in read_minari_episodes(p.dataset_id)]
             write_minari(dataset_id, episodes, spec)
             return dataset_id

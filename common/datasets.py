@@ -135,8 +135,7 @@ def load_dataset(name: str) -> Dataset:
         from common import behaviour  # imported lazily: only offlax datasets need gymnasium
 
         spec = behaviour.parse_offlax_id(name)  # raises UnknownDatasetError with close matches
-        if not _minari_local_exists(name):
-            behaviour.build_dataset(spec)
+        behaviour.build_dataset(spec)  # returns at once where it exists already
         return _load_minari(name, requested=name)
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)+-v\d+", name):
         return _load_minari(name, requested=name)
@@ -168,26 +167,24 @@ def _unknown_message(name: str) -> str:
 # Minari
 
 
-def _minari_local_exists(dataset_id: str) -> bool:
+def minari_local_exists(dataset_id: str) -> bool:
+    """Whether the local Minari directory holds `dataset_id`."""
     from minari.storage import get_dataset_path
 
     return (get_dataset_path(dataset_id) / "data").exists()
 
 
 def _local_minari_ids() -> list[str]:
-    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.expanduser("~/.minari/datasets")
-    root_path = Path(root)
-    if not root_path.exists():
-        return []
-    return sorted(
-        str(p.parent.relative_to(root_path)) for p in root_path.glob("**/data") if p.is_dir()
-    )
+    from minari.storage import get_dataset_path
+
+    root = get_dataset_path()
+    return sorted(str(p.parent.relative_to(root)) for p in root.glob("**/data") if p.is_dir())
 
 
 def _load_minari(dataset_id: str, requested: str, offlax_hint: str | None = None) -> Dataset:
     import minari
 
-    if not _minari_local_exists(dataset_id):
+    if not minari_local_exists(dataset_id):
         _download_minari(dataset_id, requested, offlax_hint)
     try:
         return _minari_to_dataset(minari.load_dataset(dataset_id), dataset_id, requested)
@@ -434,18 +431,13 @@ def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Datase
         timeouts[before] = ~terminals[before]
     if not keep.any():
         raise DatasetFormatError(f"'{path}' holds no usable transitions.")
-    env_id = env_id or attrs.get("env_id") or None
-    info = DatasetInfo(
-        name=str(path), source="d4rl-hdf5", dataset_id=str(path), env_id=env_id,
-        ref_min_score=None, ref_max_score=None, ref_score_source="none",
-    )  # fmt: skip
     family = _family_from_filename(path.name)
-    if family is not None:
-        ref_min, ref_max = D4RL_REFERENCE_SCORES[family]
-        info = DatasetInfo(
-            info.name, info.source, info.dataset_id, info.env_id, ref_min, ref_max,
-            f"D4RL constants ({family})",
-        )  # fmt: skip
+    ref_min, ref_max = D4RL_REFERENCE_SCORES.get(family, (None, None))
+    info = DatasetInfo(
+        name=str(path), source="d4rl-hdf5", dataset_id=str(path),
+        env_id=env_id or attrs.get("env_id") or None, ref_min_score=ref_min,
+        ref_max_score=ref_max, ref_score_source=f"D4RL constants ({family})" if family else "none",
+    )  # fmt: skip
     return Dataset(
         observations[keep], actions[keep], rewards[keep], next_observations[keep],
         terminals[keep], timeouts[keep], info,
