@@ -97,6 +97,10 @@ class Dataset:
     def episode_lengths(self) -> np.ndarray:
         return np.diff(np.concatenate([[-1], np.flatnonzero(self.episode_ends)]))
 
+    def subset(self, indices) -> "Dataset":
+        """The transitions at `indices` (e.g. whole episodes), with the same info."""
+        return Dataset(*(getattr(self, name)[indices] for name in _FLAT_FIELDS), info=self.info)
+
 
 def normalized_score(returns, info: DatasetInfo):
     """D4RL-normalised score: 100 * (return - ref_min) / (ref_max - ref_min)."""

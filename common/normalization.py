@@ -1,4 +1,10 @@
-"""Observation and reward normalisation shared by the algorithm files.
+"""Observation, action and reward normalisation shared by the algorithm files.
+
+Every algorithm file acts in the unit box [-1, 1]^d: dataset actions are rescaled from the
+environment's bounds on the way in (`ActionScaling.to_unit`) and policy actions are mapped back on
+the way out (`common/evaluation.py`). For D4RL's locomotion tasks the bounds are [-1, 1], so this
+is the identity and the papers' networks are unchanged; for an environment such as
+InvertedPendulum ([-3, 3]) it is what lets a tanh policy reach the whole action space.
 
 Kept here, once, so that no algorithm file carries its own copy of a preprocessing step that
 changes results.
@@ -21,6 +27,29 @@ class ObservationStatistics:
     def normalize(self, observations):
         """(s - mean) / std; works on numpy and jax arrays alike."""
         return (observations - self.mean) / self.std
+
+    @classmethod
+    def identity(cls, obs_dim: int) -> "ObservationStatistics":
+        """Mean 0, std 1: for algorithms that do not normalise observations."""
+        return cls(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
+
+
+@dataclass(frozen=True)
+class ActionScaling:
+    """Affine map between an environment's action box [low, high] and the unit box [-1, 1]."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def from_space(cls, space: "gymnasium.spaces.Box") -> "ActionScaling":
+        return cls(np.asarray(space.low, np.float32), np.asarray(space.high, np.float32))
+
+    def to_unit(self, actions):
+        return 2.0 * (actions - self.low) / (self.high - self.low) - 1.0
+
+    def from_unit(self, unit_actions):
+        return self.low + 0.5 * (unit_actions + 1.0) * (self.high - self.low)
 
 
 def observation_statistics(dataset: Dataset, eps: float = 1e-3) -> ObservationStatistics:
@@ -49,3 +78,18 @@ def iql_reward_scale(dataset: Dataset, scale: float = 1000.0) -> float:
             "dataset with more than one distinct episode return or turn reward scaling off."
         )
     return scale / spread
+
+
+def transitions_on_device(dataset: Dataset, stats: ObservationStatistics, action_scaling: ActionScaling,
+                          rewards=None) -> dict:
+    """The training arrays as one dict on the default device: normalised observations,
+    unit-box actions, rewards (the dataset's unless given), terminals as float32 (1 - d masks)."""
+    import jax
+
+    return jax.device_put({
+        "observations": stats.normalize(dataset.observations),
+        "actions": action_scaling.to_unit(dataset.actions).astype(np.float32),
+        "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
+        "next_observations": stats.normalize(dataset.next_observations),
+        "terminals": dataset.terminals.astype(np.float32),
+    })
