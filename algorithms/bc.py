@@ -1,0 +1,225 @@
+"""Behaviour cloning, and x%-BC: BC on the best x% of the dataset's trajectories.
+
+BC fits a policy to the dataset's actions by supervised learning, with one of two policies:
+
+    deterministic:  L(phi) = E_{(s,a)~D} [ ||pi_phi(s) - a||^2 ]            (mean over action dims)
+    gaussian:       L(phi) = -E_{(s,a)~D} [ log N(a; tanh(mu_phi(s)), diag(sigma_phi)^2) ]
+
+x%-BC (Chen et al., "Decision Transformer", NeurIPS 2021, Sec. 5.3; the "10% BC" of the D4RL
+tables) first keeps the trajectories whose returns are in the top `top_fraction` of the dataset
+and then does BC on them. With `top_fraction = 1` this is plain BC.
+
+Defaults follow CORL's any_percent_bc.py (Tarasov et al., "CORL", NeurIPS 2023 Datasets and
+Benchmarks), the reference the TD3+BC and IQL papers' BC baselines are usually reproduced with:
+a deterministic tanh actor, MSE, Adam 3e-4, batch 256, normalised states.
+Run: python algorithms/bc.py --env offlax/hopper/medium-replay-v0 --top-fraction 0.1
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax import struct
+from flax.training.train_state import TrainState
+
+from common.datasets import DEFAULT_DATASET, Dataset, DatasetError, load_dataset
+from common.evaluation import Evaluator, make_env
+from common.logger import RunLogger, default_output_dir
+from common.normalization import (ActionScaling, ObservationStatistics, observation_statistics,
+                                  transitions_on_device)
+
+
+@dataclass(frozen=True)
+class Args:
+    env: str = DEFAULT_DATASET
+    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets.py)"""
+    seed: int = 0
+    """seed of the first agent; agent k of --num-seeds N uses seed + k"""
+    num_seeds: int = 1
+    """independent agents trained at once in one process (jax.vmap over the training state)"""
+    total_updates: int = 1_000_000
+    """gradient updates per agent (CORL any_percent_bc.py: 1M)"""
+    eval_interval: int = 5_000
+    """updates between evaluations (CORL any_percent_bc.py: 5000)"""
+    eval_episodes: int = 10
+    """evaluation episodes per agent and evaluation (CORL any_percent_bc.py: 10)"""
+    batch_size: int = 256
+    """minibatch size (CORL any_percent_bc.py: 256)"""
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """hidden layers of the policy (CORL any_percent_bc.py: 256, 256)"""
+    output_dir: str | None = None
+    """output directory (default runs/bc/<env>/<date-time>)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate (CORL any_percent_bc.py: 3e-4)"""
+    top_fraction: float = 1.0
+    """keep the trajectories whose returns are in this top fraction: 1.0 = BC, 0.1 = 10%-BC
+    (Chen et al. 2021; CORL any_percent_bc.py frac)"""
+    policy: Literal["deterministic", "gaussian"] = "deterministic"
+    """deterministic tanh actor with MSE (CORL), or a Gaussian with tanh mean and state-independent
+    std trained by log-likelihood (the policy of IQL, with unit advantage weights)"""
+    normalize_observations: bool = True
+    """normalise states by the dataset's mean and std + 1e-3 (CORL any_percent_bc.py: True)"""
+
+
+# --------------------------------------------------------------------------------------------
+# Networks. Kernels as PyTorch's nn.Linear default (CORL), biases zero.
+
+torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+class DeterministicPolicy(nn.Module):
+    """pi(s) = tanh(MLP(s)); returns (mean, None) so that both policies share one interface."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, observations):
+        x = observations
+        for width in self.hidden_dims:
+            x = nn.relu(nn.Dense(width, kernel_init=torch_linear_init)(x))
+        return nn.tanh(nn.Dense(self.action_dim, kernel_init=torch_linear_init)(x)), None
+
+
+class GaussianPolicy(nn.Module):
+    """pi(a | s) = N(tanh(mu(s)), exp(log_std)^2), log_std a free vector clipped to [-5, 2]."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, observations):
+        x = observations
+        for width in self.hidden_dims:
+            x = nn.relu(nn.Dense(width, kernel_init=torch_linear_init)(x))
+        mean = nn.tanh(nn.Dense(self.action_dim, kernel_init=torch_linear_init)(x))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return mean, jnp.clip(log_std, -5.0, 2.0)
+
+
+def make_policy(args: Args, action_dim: int) -> nn.Module:
+    policy = DeterministicPolicy if args.policy == "deterministic" else GaussianPolicy
+    return policy(args.hidden_dims, action_dim)
+
+
+# --------------------------------------------------------------------------------------------
+# Training state: one agent. N seeds are this pytree with a leading axis of size N.
+
+
+class BCState(struct.PyTreeNode):
+    actor: TrainState
+    key: jax.Array
+
+
+def init_state(key, args: Args, obs_dim: int, action_dim: int) -> BCState:
+    key, actor_key = jax.random.split(key)
+    actor = make_policy(args, action_dim)
+    params = actor.init(actor_key, jnp.zeros((1, obs_dim)))
+    return BCState(TrainState.create(apply_fn=actor.apply, params=params,
+                                     tx=optax.adam(args.learning_rate)), key)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and the update
+
+
+def mse_loss(predicted, actions):
+    """mean_B,d (pi(s) - a)^2."""
+    return ((predicted - actions) ** 2).mean()
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(a; mean, diag(exp(log_std))^2), summed over action dimensions."""
+    z = (actions - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+
+def bc_loss(actor_params, state: BCState, batch):
+    mean, log_std = state.actor.apply_fn(actor_params, batch["observations"])
+    if log_std is None:
+        return mse_loss(mean, batch["actions"])
+    return -gaussian_log_prob(mean, log_std, batch["actions"]).mean()
+
+
+def sample_batch(data, key, batch_size: int):
+    indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
+    return jax.tree.map(lambda field: field[indices], data)
+
+
+def update(state: BCState, data, args: Args):
+    key, batch_key = jax.random.split(state.key)
+    batch = sample_batch(data, batch_key, args.batch_size)
+    loss, grads = jax.value_and_grad(bc_loss)(state.actor.params, state, batch)
+    return BCState(state.actor.apply_gradients(grads=grads), key), {"actor_loss": loss}
+
+
+@partial(jax.jit, static_argnames=("num_updates", "args"))
+def train_chunk(states: BCState, data, num_updates: int, args: Args):
+    """`num_updates` updates of every seed in one host call: lax.scan inside vmap over seeds."""
+
+    def one_agent(state):
+        return jax.lax.scan(lambda s, _: update(s, data, args), state, None, length=num_updates)
+
+    return jax.vmap(one_agent)(states)
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+
+
+def top_trajectories(dataset: Dataset, fraction: float) -> np.ndarray:
+    """Indices of the transitions of the ceil(fraction * episodes) highest-return episodes."""
+    if not 0.0 < fraction <= 1.0:
+        raise DatasetError(f"--top-fraction must be in (0, 1], got {fraction}.")
+    returns, starts, lengths = dataset.episode_returns(), dataset.episode_starts(), dataset.episode_lengths()
+    keep = np.argsort(-returns, kind="stable")[: int(np.ceil(fraction * len(returns)))]
+    return np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in np.sort(keep)])
+
+
+def main(args: Args) -> dict:
+    dataset = load_dataset(args.env)
+    env = make_env(dataset)
+    if args.top_fraction < 1.0:
+        kept = top_trajectories(dataset, args.top_fraction)
+        print(f"{args.top_fraction:.0%}-BC: {len(kept)} of {dataset.size} transitions kept.")
+        dataset = dataset.subset(kept)
+    action_scaling = ActionScaling.from_space(env.action_space)
+    obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
+    stats = (observation_statistics(dataset) if args.normalize_observations
+             else ObservationStatistics.identity(obs_dim))
+    data = transitions_on_device(dataset, stats, action_scaling)
+    if args.policy == "gaussian":  # log pi(a|s) at the box's edge, as IQL: clip to 1 - 1e-5
+        data["actions"] = jnp.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+
+    seeds = args.seed + np.arange(args.num_seeds)
+    init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
+    states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+
+    actor = make_policy(args, action_dim)
+    evaluate = Evaluator(dataset.info.env_id, lambda params, obs: actor.apply(params, stats.normalize(obs))[0],
+                         seeds, args.eval_episodes, action_scaling)
+    logger = RunLogger("bc", args, dataset, seeds,
+                       args.output_dir or default_output_dir("bc", args.env))
+    while logger.updates < args.total_updates:
+        num_updates = min(args.eval_interval, args.total_updates - logger.updates)
+        start = time.perf_counter()
+        states, metrics = jax.block_until_ready(train_chunk(states, data, num_updates, args))
+        logger.log_training(num_updates, time.perf_counter() - start, metrics)
+        logger.log_evaluation(evaluate(states.actor.params))
+    logger.save_policy(states.actor.params, obs_mean=stats.mean, obs_std=stats.std,
+                       action_low=action_scaling.low, action_high=action_scaling.high)
+    logger.close()
+    return logger.results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,339 @@
+"""IQL: Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022.
+
+IQL never queries Q at actions outside the dataset. A value function V fits an upper expectile
+of Q over the dataset's actions (paper Eq. 5), the Q-functions regress on r + gamma V(s')
+(Eq. 6), and the policy is extracted by advantage-weighted regression (Eq. 7):
+
+    L_V(psi)   = E_{(s,a)~D} [ L_2^tau( Q'(s, a) - V_psi(s) ) ],  L_2^tau(u) = |tau - 1(u < 0)| u^2
+    L_Q(theta) = E_{(s,a,s')~D} [ (r + gamma (1 - d) V_psi(s') - Q_theta(s, a))^2 ]
+    L_pi(phi)  = -E_{(s,a)~D} [ min(exp(beta (Q'(s, a) - V_psi(s))), 100) log pi_phi(a | s) ]
+
+Q' = min of the two target Q-functions (Polyak, tau_target); beta is the inverse temperature.
+One update does, in the authors' order: V, then pi (with the new V), then Q (with the new V),
+then the target. The policy is a Gaussian with tanh-squashed mean and state-independent log std;
+its deterministic action is the mean.
+
+Authors' code: https://github.com/ikostrikov/implicit_q_learning (learner.py, critic.py, actor.py,
+train_offline.py, configs/). Per-dataset overrides (AntMaze) are in DATASET_OVERRIDES below.
+Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v0 --num-seeds 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax import struct
+from flax.training.train_state import TrainState
+
+from common.datasets import DEFAULT_DATASET, load_dataset
+from common.evaluation import Evaluator, make_env
+from common.logger import RunLogger, default_output_dir
+from common.normalization import (ActionScaling, ObservationStatistics, iql_reward_scale,
+                                  observation_statistics, transitions_on_device)
+
+
+@dataclass(frozen=True)
+class Args:
+    env: str = DEFAULT_DATASET
+    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets.py)"""
+    seed: int = 0
+    """seed of the first agent; agent k of --num-seeds N uses seed + k"""
+    num_seeds: int = 1
+    """independent agents trained at once in one process (jax.vmap over the training state)"""
+    total_updates: int = 1_000_000
+    """gradient updates per agent (paper App. B: 1M; authors' train_offline.py max_steps)"""
+    eval_interval: int = 5_000
+    """updates between evaluations (authors' train_offline.py: 5000)"""
+    eval_episodes: int = 10
+    """evaluation episodes per agent and evaluation (authors' train_offline.py: 10; AntMaze 100)"""
+    batch_size: int = 256
+    """minibatch size (paper App. B: 256)"""
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """hidden layers of the policy, the Q-functions and V (paper App. B: 256, 256)"""
+    output_dir: str | None = None
+    """output directory (default runs/iql/<env>/<date-time>)"""
+    actor_lr: float = 3e-4
+    """policy learning rate, Adam, cosine-decayed to 0 over the run (paper App. B; configs/)"""
+    critic_lr: float = 3e-4
+    """Q learning rate, Adam (paper App. B: 3e-4)"""
+    value_lr: float = 3e-4
+    """V learning rate, Adam (paper App. B: 3e-4)"""
+    discount: float = 0.99
+    """gamma (paper App. B: 0.99)"""
+    tau: float = 0.005
+    """target Q update rate (paper App. B: 0.005)"""
+    expectile: float = 0.7
+    """tau of the expectile loss (paper App. B: 0.7 locomotion, 0.9 AntMaze)"""
+    temperature: float = 3.0
+    """beta, the inverse temperature of the advantage weights (paper App. B: 3.0 locomotion, 10.0 AntMaze)"""
+    max_weight: float = 100.0
+    """clip of the advantage weights exp(beta A) (authors' actor.py: 100)"""
+    reward_transform: Literal["return-range", "minus-one", "none"] = "none"
+    """rewards as they are, times 1000 / (max return - min return) of the dataset's episodes
+    (locomotion), or minus 1 (AntMaze); chosen per dataset as the authors' train_offline.py"""
+    normalize_observations: bool = False
+    """normalise states by the dataset's mean and std (the authors' code does not)"""
+
+
+# Per-dataset values, from the authors' train_offline.py and configs/antmaze_config.py. They
+# replace Args' defaults when the dataset name contains the key; flags given explicitly still win.
+DATASET_OVERRIDES = {
+    "halfcheetah": dict(reward_transform="return-range"),
+    "hopper": dict(reward_transform="return-range"),
+    "walker2d": dict(reward_transform="return-range"),
+    "antmaze": dict(expectile=0.9, temperature=10.0, reward_transform="minus-one", eval_episodes=100),
+}
+
+
+def dataset_defaults(env: str) -> Args:
+    defaults = Args(env=env)
+    for key, overrides in DATASET_OVERRIDES.items():
+        if key in env.lower():
+            defaults = dataclasses.replace(defaults, **overrides)
+    return defaults
+
+
+def parse_args(argv=None) -> Args:
+    """tyro CLI, where the defaults of the chosen dataset (DATASET_OVERRIDES) replace Args'."""
+    env = tyro.cli(Args, args=argv).env
+    return tyro.cli(Args, args=argv, default=dataset_defaults(env))
+
+
+# --------------------------------------------------------------------------------------------
+# Networks. Orthogonal kernels with scale sqrt(2), biases zero (authors' common.py default_init).
+
+orthogonal_init = nn.initializers.orthogonal(np.sqrt(2))
+
+
+class MLP(nn.Module):
+    dims: tuple[int, ...]  # hidden widths and the output width; ReLU between layers
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.dims[:-1]:
+            x = nn.relu(nn.Dense(width, kernel_init=orthogonal_init)(x))
+        return nn.Dense(self.dims[-1], kernel_init=orthogonal_init)(x)
+
+
+class GaussianPolicy(nn.Module):
+    """pi(a | s) = N(tanh(mu(s)), exp(log_std)^2): the authors' NormalTanhPolicy with
+    tanh_squash_distribution=False, state_dependent_std=False, log_std in [-5, 2]."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, observations):
+        x = observations
+        for width in self.hidden_dims:
+            x = nn.relu(nn.Dense(width, kernel_init=orthogonal_init)(x))
+        mean = nn.tanh(nn.Dense(self.action_dim, kernel_init=orthogonal_init)(x))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return mean, jnp.clip(log_std, -5.0, 2.0)
+
+
+class ValueNetwork(nn.Module):
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations):
+        return MLP((*self.hidden_dims, 1))(observations).squeeze(-1)
+
+
+class QNetwork(nn.Module):
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations, actions):
+        return MLP((*self.hidden_dims, 1))(jnp.concatenate([observations, actions], -1)).squeeze(-1)
+
+
+class DoubleQ(nn.Module):
+    """Q_1 and Q_2 as one vmapped module: output (2, batch)."""
+
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations, actions):
+        ensemble = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": True},
+                           in_axes=None, out_axes=0, axis_size=2)
+        return ensemble(self.hidden_dims)(observations, actions)
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(a; mean, diag(exp(log_std))^2), summed over action dimensions."""
+    z = (actions - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Training state: one agent. N seeds are this pytree with a leading axis of size N.
+
+
+class IQLState(struct.PyTreeNode):
+    actor: TrainState
+    critic: TrainState
+    value: TrainState
+    critic_target: dict
+    key: jax.Array
+
+
+def init_state(key, args: Args, obs_dim: int, action_dim: int) -> IQLState:
+    key, actor_key, critic_key, value_key = jax.random.split(key, 4)
+    actor = GaussianPolicy(args.hidden_dims, action_dim)
+    critic, value = DoubleQ(args.hidden_dims), ValueNetwork(args.hidden_dims)
+    observation, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+    critic_params = critic.init(critic_key, observation, action)
+    actor_schedule = optax.cosine_decay_schedule(args.actor_lr, args.total_updates)
+    return IQLState(
+        actor=TrainState.create(apply_fn=actor.apply, params=actor.init(actor_key, observation),
+                                tx=optax.adam(actor_schedule)),
+        critic=TrainState.create(apply_fn=critic.apply, params=critic_params,
+                                 tx=optax.adam(args.critic_lr)),
+        value=TrainState.create(apply_fn=value.apply, params=value.init(value_key, observation),
+                                tx=optax.adam(args.value_lr)),
+        critic_target=critic_params,
+        key=key,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and the update
+
+
+def expectile_loss(diff, expectile: float):
+    """L_2^tau(u) = |tau - 1(u < 0)| u^2, elementwise."""
+    weight = jnp.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff**2
+
+
+def value_loss(value_params, state: IQLState, batch, expectile: float):
+    """mean_B L_2^tau( min_i Q'_i(s, a) - V(s) )."""
+    q = state.critic.apply_fn(state.critic_target, batch["observations"], batch["actions"]).min(0)
+    v = state.value.apply_fn(value_params, batch["observations"])
+    return expectile_loss(q - v, expectile).mean(), v
+
+
+def advantage_weights(q, v, temperature: float, max_weight: float):
+    """min(exp(beta (Q - V)), max_weight)."""
+    return jnp.minimum(jnp.exp(temperature * (q - v)), max_weight)
+
+
+def actor_loss(actor_params, state: IQLState, batch, args: Args):
+    """-mean_B min(exp(beta (Q'(s, a) - V(s))), 100) log pi(a | s), with the new V."""
+    q = state.critic.apply_fn(state.critic_target, batch["observations"], batch["actions"]).min(0)
+    v = state.value.apply_fn(state.value.params, batch["observations"])
+    weights = advantage_weights(q, v, args.temperature, args.max_weight)
+    mean, log_std = state.actor.apply_fn(actor_params, batch["observations"])
+    return -(weights * gaussian_log_prob(mean, log_std, batch["actions"])).mean(), weights
+
+
+def critic_target(state: IQLState, batch, discount: float):
+    """y = r + gamma (1 - d) V(s'), with the new V."""
+    next_v = state.value.apply_fn(state.value.params, batch["next_observations"])
+    return batch["rewards"] + discount * (1.0 - batch["terminals"]) * next_v
+
+
+def critic_loss(critic_params, state: IQLState, batch, target):
+    """sum_i mean_B (Q_i(s, a) - y)^2."""
+    q = state.critic.apply_fn(critic_params, batch["observations"], batch["actions"])
+    return ((q - target) ** 2).mean(1).sum(), q
+
+
+def sample_batch(data, key, batch_size: int):
+    indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
+    return jax.tree.map(lambda field: field[indices], data)
+
+
+def update(state: IQLState, data, args: Args):
+    """One IQL update on one minibatch: V, pi, Q, target (the authors' order)."""
+    key, batch_key = jax.random.split(state.key)
+    batch = sample_batch(data, batch_key, args.batch_size)
+
+    (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(
+        state.value.params, state, batch, args.expectile)
+    state = state.replace(value=state.value.apply_gradients(grads=grads), key=key)
+
+    (a_loss, weights), grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor.params, state, batch, args)
+    state = state.replace(actor=state.actor.apply_gradients(grads=grads))
+
+    target = critic_target(state, batch, args.discount)
+    (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        state.critic.params, state, batch, target)
+    state = state.replace(critic=state.critic.apply_gradients(grads=grads))
+    state = state.replace(
+        critic_target=optax.incremental_update(state.critic.params, state.critic_target, args.tau))
+    metrics = {"value_loss": v_loss, "actor_loss": a_loss, "critic_loss": q_loss,
+               "v_mean": v.mean(), "q_mean": q.mean(), "weights_mean": weights.mean()}
+    return state, metrics
+
+
+@partial(jax.jit, static_argnames=("num_updates", "args"))
+def train_chunk(states: IQLState, data, num_updates: int, args: Args):
+    """`num_updates` updates of every seed in one host call: lax.scan inside vmap over seeds."""
+
+    def one_agent(state):
+        return jax.lax.scan(lambda s, _: update(s, data, args), state, None, length=num_updates)
+
+    return jax.vmap(one_agent)(states)
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+
+
+def transformed_rewards(dataset, transform: str) -> np.ndarray:
+    if transform == "return-range":
+        return dataset.rewards * iql_reward_scale(dataset)
+    if transform == "minus-one":
+        return dataset.rewards - 1.0
+    return dataset.rewards
+
+
+def main(args: Args) -> dict:
+    dataset = load_dataset(args.env)
+    env = make_env(dataset)
+    action_scaling = ActionScaling.from_space(env.action_space)
+    obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
+    stats = (observation_statistics(dataset) if args.normalize_observations
+             else ObservationStatistics.identity(obs_dim))
+    data = transitions_on_device(dataset, stats, action_scaling,
+                                 rewards=transformed_rewards(dataset, args.reward_transform))
+    # log pi(a|s) of a Gaussian with tanh mean is finite at the box's edge; the authors still
+    # clip dataset actions to 1 - 1e-5 (D4RL's convention), and so do we.
+    data["actions"] = jnp.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+
+    seeds = args.seed + np.arange(args.num_seeds)
+    init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
+    states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+
+    actor = GaussianPolicy(args.hidden_dims, action_dim)
+    evaluate = Evaluator(dataset.info.env_id, lambda params, obs: actor.apply(params, stats.normalize(obs))[0],
+                         seeds, args.eval_episodes, action_scaling)
+    logger = RunLogger("iql", args, dataset, seeds,
+                       args.output_dir or default_output_dir("iql", args.env))
+    while logger.updates < args.total_updates:
+        num_updates = min(args.eval_interval, args.total_updates - logger.updates)
+        start = time.perf_counter()
+        states, metrics = jax.block_until_ready(train_chunk(states, data, num_updates, args))
+        logger.log_training(num_updates, time.perf_counter() - start, metrics)
+        logger.log_evaluation(evaluate(states.actor.params))
+    logger.save_policy(states.actor.params, obs_mean=stats.mean, obs_std=stats.std,
+                       action_low=action_scaling.low, action_high=action_scaling.high)
+    logger.close()
+    return logger.results
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,239 @@
+"""Every loss of BC, TD3+BC and IQL against an independent numpy reference on fixed inputs.
+
+The references re-run the networks in numpy from the parameter arrays (ReLU MLPs), so they check
+the whole loss: which network, which parameters (online or target), which action, which mask.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "algorithms"))
+import bc  # noqa: E402
+import iql  # noqa: E402
+import td3_bc  # noqa: E402
+
+OBS_DIM, ACTION_DIM, BATCH = 3, 2, 6
+LOG_2PI = np.log(2 * np.pi)
+
+
+def perturbed(params, seed):
+    """Parameters with every entry moved by N(0, 0.5^2): nonzero biases, distinct targets."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def np_mlp(layers, x, member=None):
+    """ReLU MLP from flax Dense_i parameter dicts; `member` picks one network of an ensemble."""
+    names = sorted((k for k in layers if k.startswith("Dense_")), key=lambda k: int(k[6:]))
+    for i, name in enumerate(names):
+        kernel, bias = np.asarray(layers[name]["kernel"]), np.asarray(layers[name]["bias"])
+        if member is not None:
+            kernel, bias = kernel[member], bias[member]
+        x = x @ kernel + bias
+        if i < len(names) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def np_gaussian_log_prob(mean, log_std, a):
+    return np.sum(-0.5 * ((a - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * LOG_2PI, -1)
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    return {
+        "observations": rng.normal(size=(BATCH, OBS_DIM)).astype(np.float32),
+        "actions": rng.uniform(-0.99, 0.99, (BATCH, ACTION_DIM)).astype(np.float32),
+        "rewards": rng.normal(size=BATCH).astype(np.float32),
+        "next_observations": rng.normal(size=(BATCH, OBS_DIM)).astype(np.float32),
+        "terminals": np.array([0, 1, 0, 0, 1, 0], np.float32),
+    }
+
+
+def close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# BC
+
+
+def test_bc_mse_loss(batch):
+    args = bc.Args(hidden_dims=(8, 8), policy="deterministic")
+    state = bc.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    params = perturbed(state.actor.params, 1)
+    predicted = np.tanh(np_mlp(params["params"], batch["observations"]))
+    expected = np.mean((predicted - batch["actions"]) ** 2)
+    close(bc.bc_loss(params, state, batch), expected)
+
+
+def test_bc_gaussian_log_likelihood(batch):
+    args = bc.Args(hidden_dims=(8,), policy="gaussian")
+    state = bc.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    params = perturbed(state.actor.params, 2)
+    mean = np.tanh(np_mlp(params["params"], batch["observations"]))
+    log_std = np.clip(np.asarray(params["params"]["log_std"]), -5, 2)
+    expected = -np.mean(np_gaussian_log_prob(mean, log_std, batch["actions"]))
+    close(bc.bc_loss(params, state, batch), expected)
+
+
+def test_gaussian_log_prob_by_hand():
+    # a = mean: -sum(log std) - d/2 log 2 pi; one std away in one dimension: 1/2 less
+    mean, log_std = jnp.array([[0.3, -0.2]]), jnp.array([np.log(0.5), 0.0])
+    at_mean = -(np.log(0.5) + 0.0) - LOG_2PI
+    close(bc.gaussian_log_prob(mean, log_std, mean), [at_mean])
+    close(bc.gaussian_log_prob(mean, log_std, mean + jnp.array([[0.5, 0.0]])), [at_mean - 0.5])
+    close(iql.gaussian_log_prob(mean, log_std, mean + jnp.array([[0.0, -2.0]])), [at_mean - 2.0])
+
+
+# --------------------------------------------------------------------------------------------
+# TD3+BC
+
+
+@pytest.fixture
+def td3_state():
+    args = td3_bc.Args(hidden_dims=(8, 8))
+    state = td3_bc.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    return args, state.replace(
+        actor=state.actor.replace(params=perturbed(state.actor.params, 3)),
+        critic=state.critic.replace(params=perturbed(state.critic.params, 4)),
+        actor_target=perturbed(state.actor_target, 5),
+        critic_target=perturbed(state.critic_target, 6),
+    )
+
+
+def test_td3_bc_actor_loss_and_lambda(td3_state, batch):
+    args, state = td3_state
+    pi = np.tanh(np_mlp(state.actor.params["params"], batch["observations"]))
+    critic = state.critic.params["params"]["VmapQNetwork_0"]
+    q1 = np_mlp(critic, np.concatenate([batch["observations"], pi], 1), member=0)[:, 0]
+    lmbda = 2.5 / np.abs(q1).mean()
+    expected = -lmbda * q1.mean() + np.mean((pi - batch["actions"]) ** 2)
+    loss, got_lambda = td3_bc.actor_loss(state.actor.params, state, batch, args.alpha)
+    close(got_lambda, lmbda)
+    close(loss, expected)
+
+
+def test_td3_bc_lambda_is_not_differentiated(td3_state, batch):
+    """d loss / d pi must treat lambda as a constant (the authors' .detach())."""
+    args, state = td3_state
+    grads = jax.grad(lambda p: td3_bc.actor_loss(p, state, batch, args.alpha)[0])(state.actor.params)
+    _, lmbda = td3_bc.actor_loss(state.actor.params, state, batch, args.alpha)
+
+    def with_constant_lambda(p):
+        actions = state.actor.apply_fn(p, batch["observations"])
+        q = state.critic.apply_fn(state.critic.params, batch["observations"], actions)[0]
+        return -lmbda * q.mean() + ((actions - batch["actions"]) ** 2).mean()
+
+    expected = jax.grad(with_constant_lambda)(state.actor.params)
+    jax.tree.map(lambda a, b: close(a, np.asarray(b)), grads, expected)
+
+
+def test_td3_bc_clipped_double_q_target_with_smoothing(td3_state, batch):
+    args, state = td3_state
+    # large entries hit the noise clip (0.2 * 4 > 0.5) and the action clip at +-1
+    noise = np.array([[4.0, -4.0], [0.5, -1.0], [-3.0, 2.6], [0.0, 0.0], [1.0, 1.0], [-9.0, 9.0]],
+                     np.float32)
+    smoothing = np.clip(0.2 * noise, -0.5, 0.5)
+    next_pi = np.tanh(np_mlp(state.actor_target["params"], batch["next_observations"]))
+    next_actions = np.clip(next_pi + smoothing, -1.0, 1.0)
+    target_critic = state.critic_target["params"]["VmapQNetwork_0"]
+    sa = np.concatenate([batch["next_observations"], next_actions], 1)
+    next_q = np.minimum(np_mlp(target_critic, sa, 0)[:, 0], np_mlp(target_critic, sa, 1)[:, 0])
+    expected = batch["rewards"] + 0.99 * (1 - batch["terminals"]) * next_q
+    close(td3_bc.critic_target(state, batch, noise, args), expected)
+
+
+def test_td3_bc_critic_loss(td3_state, batch):
+    _, state = td3_state
+    target = np.linspace(-1, 2, BATCH).astype(np.float32)
+    critic = state.critic.params["params"]["VmapQNetwork_0"]
+    sa = np.concatenate([batch["observations"], batch["actions"]], 1)
+    expected = sum(np.mean((np_mlp(critic, sa, k)[:, 0] - target) ** 2) for k in range(2))
+    loss, _ = td3_bc.critic_loss(state.critic.params, state, batch, target)
+    close(loss, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# IQL
+
+
+@pytest.fixture
+def iql_state():
+    args = iql.Args(hidden_dims=(8, 8))
+    state = iql.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    return args, state.replace(
+        actor=state.actor.replace(params=perturbed(state.actor.params, 7)),
+        critic=state.critic.replace(params=perturbed(state.critic.params, 8)),
+        value=state.value.replace(params=perturbed(state.value.params, 9)),
+        critic_target=perturbed(state.critic_target, 10),
+    )
+
+
+def np_min_q(critic_params, observations, actions):
+    layers = critic_params["params"]["VmapQNetwork_0"]["MLP_0"]
+    sa = np.concatenate([observations, actions], 1)
+    return np.minimum(np_mlp(layers, sa, 0)[:, 0], np_mlp(layers, sa, 1)[:, 0])
+
+
+def np_value(value_params, observations):
+    return np_mlp(value_params["params"]["MLP_0"], observations)[:, 0]
+
+
+def test_expectile_loss_both_signs_by_hand():
+    diff = jnp.array([-2.0, -0.5, 0.0, 1.0, 3.0])
+    # |0.7 - 1(u < 0)| u^2: 0.3 * 4, 0.3 * 0.25, 0, 0.7 * 1, 0.7 * 9
+    close(iql.expectile_loss(diff, 0.7), [1.2, 0.075, 0.0, 0.7, 6.3])
+    close(iql.expectile_loss(diff, 0.9), [0.4, 0.025, 0.0, 0.9, 8.1])
+
+
+def test_iql_value_loss(iql_state, batch):
+    args, state = iql_state
+    q = np_min_q(state.critic_target, batch["observations"], batch["actions"])  # target Q
+    v = np_value(state.value.params, batch["observations"])
+    u = q - v
+    expected = np.mean(np.where(u < 0, 0.3, 0.7) * u**2)
+    loss, _ = iql.value_loss(state.value.params, state, batch, args.expectile)
+    close(loss, expected)
+
+
+def test_iql_advantage_weights_are_clipped_by_hand():
+    q, v = jnp.array([0.0, 1.0, 2.0, 3.0, 5.0]), jnp.array([1.0, 1.0, 1.0, 1.0, 1.0])
+    # exp(3 (q - v)) = e^-3, 1, e^3, e^6 > 100 -> 100, e^12 -> 100
+    close(iql.advantage_weights(q, v, 3.0, 100.0), [np.exp(-3), 1.0, np.exp(3), 100.0, 100.0])
+
+
+def test_iql_actor_loss(iql_state, batch):
+    args, state = iql_state
+    q = np_min_q(state.critic_target, batch["observations"], batch["actions"])
+    v = np_value(state.value.params, batch["observations"])
+    weights = np.minimum(np.exp(3.0 * (q - v)), 100.0)
+    params = state.actor.params["params"]
+    mean = np.tanh(np_mlp(params, batch["observations"]))
+    log_std = np.clip(np.asarray(params["log_std"]), -5, 2)
+    expected = -np.mean(weights * np_gaussian_log_prob(mean, log_std, batch["actions"]))
+    loss, got_weights = iql.actor_loss(state.actor.params, state, batch, args)
+    close(got_weights, weights)
+    close(loss, expected)
+
+
+def test_iql_q_target_and_loss(iql_state, batch):
+    args, state = iql_state
+    expected_target = batch["rewards"] + 0.99 * (1 - batch["terminals"]) * np_value(
+        state.value.params, batch["next_observations"])
+    target = iql.critic_target(state, batch, args.discount)
+    close(target, expected_target)
+    layers = state.critic.params["params"]["VmapQNetwork_0"]["MLP_0"]
+    sa = np.concatenate([batch["observations"], batch["actions"]], 1)
+    expected = sum(np.mean((np_mlp(layers, sa, k)[:, 0] - expected_target) ** 2) for k in range(2))
+    loss, _ = iql.critic_loss(state.critic.params, state, batch, target)
+    close(loss, expected)
