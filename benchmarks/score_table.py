@@ -1,0 +1,87 @@
+"""Assemble the score runs (benchmarks/results/scores/*.json) into a table and learning curves.
+
+    python benchmarks/score_table.py    # -> benchmarks/results/scores.md, scores_curves.png
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ALGORITHM_ORDER = ("bc", "td3_bc", "iql")
+
+
+def load_runs() -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((RESULTS / "scores").glob("*.json"))]
+
+
+def main():
+    runs = load_runs()
+    if not runs:
+        raise SystemExit("no runs in benchmarks/results/scores/: run benchmarks/run_scores.py first")
+    envs = list(dict.fromkeys(r["env"] for r in runs))
+    algorithms = [a for a in ALGORITHM_ORDER if any(r["algorithm"] == a for r in runs)]
+    by_key = {(r["algorithm"], r["env"]): r for r in runs}
+
+    lines = [
+        "# Normalised scores on offlax's D4RL-style datasets",
+        "",
+        "Final evaluation (10 deterministic episodes per seed), D4RL-normalised with the dataset's "
+        "reference scores: mean ± std over seeds, then each seed. Written by "
+        "`benchmarks/score_table.py` from `benchmarks/results/scores/*.json` (one file per run).",
+        "",
+        "| dataset | " + " | ".join(algorithms) + " |",
+        "|---|" + "---:|" * len(algorithms),
+    ]
+    for env in envs:
+        cells = []
+        for algorithm in algorithms:
+            run = by_key.get((algorithm, env))
+            if run is None or "final" not in run:
+                cells.append("not run")
+                continue
+            final = run["final"]
+            seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
+            cells.append(f"**{final['normalized_score_mean']:.1f}** ± {final['normalized_score_std']:.1f} ({seeds})")
+        lines.append(f"| `{env}` | " + " | ".join(cells) + " |")
+    lines += ["", "| run | updates | seeds | updates/s | wall | device |", "|---|---:|---:|---:|---:|---|"]
+    for env in envs:
+        for algorithm in algorithms:
+            run = by_key.get((algorithm, env))
+            if run is not None:
+                lines.append(
+                    f"| {algorithm} `{env}` | {run['updates']:,} | {len(run['seeds'])} | "
+                    f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | {run['device']} |")
+    (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for algorithm in algorithms:
+            run = by_key.get((algorithm, env))
+            if run is None:
+                continue
+            updates = np.array([e["update"] for e in run["evaluations"]])
+            scores = np.array([e["normalized_score"] for e in run["evaluations"]])
+            mean, std = scores.mean(1), scores.std(1)
+            ax.plot(updates, mean, label=algorithm)
+            ax.fill_between(updates, mean - std, mean + std, alpha=0.2)
+        ax.set_title(env, fontsize=9)
+        ax.set_xlabel("updates")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised score (mean ± std over seeds)")
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / "scores_curves.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Updates per second of each algorithm at full size (256x256, batch 256), 1 and 5 seeds.
+
+For every (algorithm, seeds) this compiles the algorithm's own `train_chunk` (lax.scan of
+`--chunk` updates inside vmap over seeds) on the embedded default dataset, times `--repeats`
+host calls after a warm-up call, and reads the FLOPs of one chunk from XLA's cost analysis. The
+CPU's attainable FLOP/s is measured with a jitted float32 matmul (the same XLA, the same threads),
+so "of peak" is the fraction of what XLA's dot reaches here.
+
+    python benchmarks/throughput.py            # writes benchmarks/results/throughput.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "algorithms"))
+
+import bc  # noqa: E402
+import iql  # noqa: E402
+import td3_bc  # noqa: E402
+
+from common.datasets import DEFAULT_DATASET, load_dataset  # noqa: E402
+from common.normalization import ActionScaling, observation_statistics, transitions_on_device  # noqa: E402
+
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    """Attainable float32 FLOP/s of a jitted square matmul."""
+    a = jax.random.normal(jax.random.key(0), (size, size))
+    b = jax.random.normal(jax.random.key(1), (size, size))
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        dot(a, b).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
+    args = module.Args(num_seeds=num_seeds, total_updates=1_000_000, eval_interval=chunk)
+    obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
+    scaling = ActionScaling(-np.ones(action_dim, np.float32), np.ones(action_dim, np.float32))
+    data = transitions_on_device(dataset, observation_statistics(dataset), scaling)
+    seeds = jnp.arange(num_seeds)
+    init = partial(module.init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
+    states = jax.vmap(init)(jax.vmap(jax.random.key)(seeds))
+    start = time.perf_counter()
+    compiled = module.train_chunk.lower(states, data, chunk, args).compile()
+    compile_seconds = time.perf_counter() - start
+    # XLA's cost analysis counts a while loop's body once, so cost one scan step on its own:
+    # one `update` call, which is `policy_freq` updates for TD3+BC and one for the others.
+    step = jax.jit(jax.vmap(lambda state: module.update(state, data, args)))
+    cost = step.lower(states).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops_per_update = cost["flops"] / getattr(args, "policy_freq", 1) / num_seeds
+    states, _ = jax.block_until_ready(compiled(states, data))  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        states, _ = jax.block_until_ready(compiled(states, data))
+    seconds = time.perf_counter() - start
+    updates_per_second = chunk * repeats / seconds
+    return {"algorithm": module.__name__, "seeds": num_seeds, "updates_per_second": updates_per_second,
+            "agent_updates_per_second": updates_per_second * num_seeds,
+            "gflop_per_update": flops_per_update / 1e9,
+            "gflop_per_second": flops_per_update * num_seeds * updates_per_second / 1e9,
+            "compile_seconds": compile_seconds}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 5])
+    parser.add_argument("--chunk", type=int, default=2000, help="updates per host call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed host calls")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"))
+    options = parser.parse_args()
+
+    dataset = load_dataset(DEFAULT_DATASET)
+    peak = matmul_flops_per_second()
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0]}")
+    rows = []
+    for name in options.algorithms:
+        for num_seeds in options.seeds:
+            row = measure(ALGORITHMS[name], num_seeds, options.chunk, options.repeats, dataset)
+            row["fraction_of_matmul_peak"] = row["gflop_per_second"] * 1e9 / peak
+            rows.append(row)
+            print(json.dumps(row))
+    device = str(jax.devices()[0])
+    lines = [
+        f"# Throughput at full size (256x256, batch 256) on `{device}`",
+        "",
+        f"`python benchmarks/throughput.py` on {platform.processor() or platform.machine()}, "
+        f"jax {jax.__version__}; dataset `{DEFAULT_DATASET}`; {options.chunk} updates per host call, "
+        f"{options.repeats} timed calls after a warm-up. Matmul peak (jitted float32 2048^3 dot): "
+        f"**{peak / 1e9:.1f} GFLOP/s**. FLOPs per update from XLA's cost analysis of the compiled "
+        "chunk.",
+        "",
+        "| algorithm | seeds | updates/s (each seed) | seed-updates/s | GFLOP / update | GFLOP/s | of matmul peak | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['algorithm']} | {r['seeds']} | {r['updates_per_second']:.0f} | "
+            f"{r['agent_updates_per_second']:.0f} | {r['gflop_per_update']:.3f} | "
+            f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['compile_seconds']:.1f} |"
+        )
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"device": device, "matmul_gflop_per_second": peak / 1e9,
+                                                    "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
