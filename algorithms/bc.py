@@ -34,8 +34,8 @@ from flax.training.train_state import TrainState
 from common.datasets import DEFAULT_DATASET, Dataset, DatasetError, load_dataset
 from common.evaluation import Evaluator, make_env
 from common.logger import RunLogger, default_output_dir
-from common.normalization import (ActionScaling, ObservationStatistics, observation_statistics,
-                                  transitions_on_device)
+from common.normalization import ActionScaling, ObservationStatistics, observation_statistics
+from common.transitions import sample_batch, transitions_on_device
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,6 @@ def bc_loss(actor_params, state: BCState, batch):
     return -gaussian_log_prob(mean, log_std, batch["actions"]).mean()
 
 
-def sample_batch(data, key, batch_size: int):
-    indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
-    return jax.tree.map(lambda field: field[indices], data)
-
-
 def update(state: BCState, data, args: Args):
     key, batch_key = jax.random.split(state.key)
     batch = sample_batch(data, batch_key, args.batch_size)
@@ -180,7 +175,8 @@ def top_trajectories(dataset: Dataset, fraction: float) -> np.ndarray:
     """Indices of the transitions of the ceil(fraction * episodes) highest-return episodes."""
     if not 0.0 < fraction <= 1.0:
         raise DatasetError(f"--top-fraction must be in (0, 1], got {fraction}.")
-    returns, starts, lengths = dataset.episode_returns(), dataset.episode_starts(), dataset.episode_lengths()
+    returns, starts = dataset.episode_returns(), dataset.episode_starts()
+    lengths = dataset.episode_lengths()
     keep = np.argsort(-returns, kind="stable")[: int(np.ceil(fraction * len(returns)))]
     return np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in np.sort(keep)])
 
@@ -205,8 +201,10 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = make_policy(args, action_dim)
-    evaluate = Evaluator(dataset.info.env_id, lambda params, obs: actor.apply(params, stats.normalize(obs))[0],
-                         seeds, args.eval_episodes, action_scaling)
+    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
+        return actor.apply(params, stats.normalize(observations))[0]
+
+    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
     logger = RunLogger("bc", args, dataset, seeds,
                        args.output_dir or default_output_dir("bc", args.env))
     while logger.updates < args.total_updates:

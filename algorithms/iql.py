@@ -1,4 +1,5 @@
-"""IQL: Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022.
+"""IQL: Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning",
+ICLR 2022.
 
 IQL never queries Q at actions outside the dataset. A value function V fits an upper expectile
 of Q over the dataset's actions (paper Eq. 5), the Q-functions regress on r + gamma V(s')
@@ -39,7 +40,8 @@ from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, make_env
 from common.logger import RunLogger, default_output_dir
 from common.normalization import (ActionScaling, ObservationStatistics, iql_reward_scale,
-                                  observation_statistics, transitions_on_device)
+                                  observation_statistics)
+from common.transitions import sample_batch, transitions_on_device
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Args:
     expectile: float = 0.7
     """tau of the expectile loss (paper App. B: 0.7 locomotion, 0.9 AntMaze)"""
     temperature: float = 3.0
-    """beta, the inverse temperature of the advantage weights (paper App. B: 3.0 locomotion, 10.0 AntMaze)"""
+    """beta, inverse temperature of the weights (paper App. B: 3 locomotion, 10 AntMaze)"""
     max_weight: float = 100.0
     """clip of the advantage weights exp(beta A) (authors' actor.py: 100)"""
     reward_transform: Literal["return-range", "minus-one", "none"] = "none"
@@ -91,7 +93,8 @@ DATASET_OVERRIDES = {
     "halfcheetah": dict(reward_transform="return-range"),
     "hopper": dict(reward_transform="return-range"),
     "walker2d": dict(reward_transform="return-range"),
-    "antmaze": dict(expectile=0.9, temperature=10.0, reward_transform="minus-one", eval_episodes=100),
+    "antmaze": dict(expectile=0.9, temperature=10.0, reward_transform="minus-one",
+                    eval_episodes=100),
 }
 
 
@@ -250,11 +253,6 @@ def critic_loss(critic_params, state: IQLState, batch, target):
     return ((q - target) ** 2).mean(1).sum(), q
 
 
-def sample_batch(data, key, batch_size: int):
-    indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
-    return jax.tree.map(lambda field: field[indices], data)
-
-
 def update(state: IQLState, data, args: Args):
     """One IQL update on one minibatch: V, pi, Q, target (the authors' order)."""
     key, batch_key = jax.random.split(state.key)
@@ -319,8 +317,10 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = GaussianPolicy(args.hidden_dims, action_dim)
-    evaluate = Evaluator(dataset.info.env_id, lambda params, obs: actor.apply(params, stats.normalize(obs))[0],
-                         seeds, args.eval_episodes, action_scaling)
+    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
+        return actor.apply(params, stats.normalize(observations))[0]
+
+    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
     logger = RunLogger("iql", args, dataset, seeds,
                        args.output_dir or default_output_dir("iql", args.env))
     while logger.updates < args.total_updates:

@@ -37,8 +37,8 @@ from flax.training.train_state import TrainState
 from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, make_env
 from common.logger import RunLogger, default_output_dir
-from common.normalization import (ActionScaling, ObservationStatistics, observation_statistics,
-                                  transitions_on_device)
+from common.normalization import ActionScaling, ObservationStatistics, observation_statistics
+from common.transitions import sample_batch, transitions_on_device
 
 
 @dataclass(frozen=True)
@@ -178,11 +178,6 @@ def actor_loss(actor_params, state: TD3BCState, batch, alpha: float):
     return -lmbda * q.mean() + ((actions - batch["actions"]) ** 2).mean(), lmbda
 
 
-def sample_batch(data, key, batch_size: int):
-    indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
-    return jax.tree.map(lambda field: field[indices], data)
-
-
 def update(state: TD3BCState, data, args: Args):
     """`policy_freq` critic updates, then one actor and target update.
 
@@ -207,8 +202,8 @@ def update(state: TD3BCState, data, args: Args):
         actor_target=optax.incremental_update(state.actor.params, state.actor_target, args.tau),
         critic_target=optax.incremental_update(state.critic.params, state.critic_target, args.tau),
     )
-    metrics = {"critic_loss": jnp.mean(jnp.stack(critic_losses)), "q_mean": jnp.mean(jnp.stack(q_means)),
-               "actor_loss": loss, "lambda": lmbda}
+    metrics = {"critic_loss": jnp.mean(jnp.stack(critic_losses)),
+               "q_mean": jnp.mean(jnp.stack(q_means)), "actor_loss": loss, "lambda": lmbda}
     return state, metrics
 
 
@@ -245,8 +240,10 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = Actor(args.hidden_dims, action_dim)
-    evaluate = Evaluator(dataset.info.env_id, lambda params, obs: actor.apply(params, stats.normalize(obs)),
-                         seeds, args.eval_episodes, action_scaling)
+    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
+        return actor.apply(params, stats.normalize(observations))
+
+    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
     logger = RunLogger("td3_bc", args, dataset, seeds,
                        args.output_dir or default_output_dir("td3_bc", args.env))
     while logger.updates < args.total_updates:

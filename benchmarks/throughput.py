@@ -31,7 +31,8 @@ import iql  # noqa: E402
 import td3_bc  # noqa: E402
 
 from common.datasets import DEFAULT_DATASET, load_dataset  # noqa: E402
-from common.normalization import ActionScaling, observation_statistics, transitions_on_device  # noqa: E402
+from common.normalization import ActionScaling, observation_statistics  # noqa: E402
+from common.transitions import transitions_on_device  # noqa: E402
 
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
 

@@ -43,11 +43,12 @@ def make_env(dataset: Dataset) -> gym.Env:
     if not isinstance(env.action_space, gym.spaces.Box):
         raise DatasetError(f"'{env_id}' has a {type(env.action_space).__name__} action space; "
                            "this algorithm needs a continuous (Box) one.")
-    if obs_shape != dataset.observations.shape[1:] or env.action_space.shape != dataset.actions.shape[1:]:
+    action_shape = env.action_space.shape
+    if obs_shape != dataset.observations.shape[1:] or action_shape != dataset.actions.shape[1:]:
         raise DatasetError(
             f"Dataset '{dataset.info.name}' has observations {dataset.observations.shape[1:]} and "
             f"actions {dataset.actions.shape[1:]}, but its environment '{env_id}' has observations "
-            f"{obs_shape} and actions {env.action_space.shape}. The dataset was not made in this "
+            f"{obs_shape} and actions {action_shape}. The dataset was not made in this "
             "environment (or with a different version of it): check the dataset's `env_spec`."
         )
     return env

@@ -145,7 +145,8 @@ class RunLogger:
         unless it is the only one."""
         if self.first_call is None:
             return None
-        updates, seconds = self.updates - self.first_call[0], self.train_seconds - self.first_call[1]
+        updates = self.updates - self.first_call[0]
+        seconds = self.train_seconds - self.first_call[1]
         if updates == 0:
             updates, seconds = self.updates, self.train_seconds
         return updates / seconds

@@ -75,21 +75,8 @@ def iql_reward_scale(dataset: Dataset, scale: float = 1000.0) -> float:
         raise DatasetError(
             f"Dataset '{dataset.info.name}' has {len(returns)} episode(s) whose returns do not "
             "spread (max return == min return), so IQL's reward scaling is undefined; use a "
-            "dataset with more than one distinct episode return or turn reward scaling off."
+            "dataset with more than one distinct episode return, or turn the scaling off (IQL: "
+            "`--reward-transform none`)."
         )
     return scale / spread
 
-
-def transitions_on_device(dataset: Dataset, stats: ObservationStatistics, action_scaling: ActionScaling,
-                          rewards=None) -> dict:
-    """The training arrays as one dict on the default device: normalised observations,
-    unit-box actions, rewards (the dataset's unless given), terminals as float32 (1 - d masks)."""
-    import jax
-
-    return jax.device_put({
-        "observations": stats.normalize(dataset.observations),
-        "actions": action_scaling.to_unit(dataset.actions).astype(np.float32),
-        "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
-        "next_observations": stats.normalize(dataset.next_observations),
-        "terminals": dataset.terminals.astype(np.float32),
-    })
