@@ -9,6 +9,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -163,3 +164,20 @@ def test_td3_bc_and_iql_beat_bc_on_medium_replay(tmp_path):
     for name in ("td3_bc", "iql"):
         scores = final_scores(run(name, tmp_path, **common))
         assert scores.mean() >= bc_scores.mean() + 40, f"{name} {scores} vs BC {bc_scores}"
+
+
+def test_td3_bc_delayed_actor_update_has_no_branch():
+    """Under vmap a `cond` on the update counter becomes a select that runs both branches (the
+    vmapped jaxpr shows only `select_n`). So the update must hold no branch at all: it is a fixed
+    pattern, policy_freq critic updates and then one actor update."""
+    args = td3_bc.Args(hidden_dims=(8,), batch_size=4)
+    shapes = {"observations": (10, 3), "actions": (10, 2), "rewards": (10,),
+              "next_observations": (10, 3), "terminals": (10,)}
+    data = {name: jax.numpy.zeros(shape) for name, shape in shapes.items()}
+    state = td3_bc.init_state(jax.random.key(0), args, 3, 2)
+    jaxpr = str(jax.make_jaxpr(lambda s: td3_bc.update(s, data, args))(state))
+    primitives = set(re.findall(r"= (\w+)\[", jaxpr)) | set(re.findall(r"= (\w+) ", jaxpr))
+    assert "dot_general" in primitives and not primitives & {"cond", "switch", "while"}
+    # the check would see a counter-based branch
+    branchy = jax.make_jaxpr(lambda i: jax.lax.cond(i % 2 == 0, lambda: 1.0, lambda: 0.0))(0)
+    assert "cond" in str(branchy)
