@@ -201,6 +201,7 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = make_policy(args, action_dim)
+
     def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
         return actor.apply(params, stats.normalize(observations))[0]
 

@@ -317,6 +317,7 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = GaussianPolicy(args.hidden_dims, action_dim)
+
     def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
         return actor.apply(params, stats.normalize(observations))[0]
 

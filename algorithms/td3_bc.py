@@ -240,6 +240,7 @@ def main(args: Args) -> dict:
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     actor = Actor(args.hidden_dims, action_dim)
+
     def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
         return actor.apply(params, stats.normalize(observations))
 
