@@ -13,23 +13,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from run_scores import ALGORITHMS, DATASETS, SCORES_DIR  # noqa: E402  (beside this file)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ALGORITHM_ORDER = ("bc", "td3_bc", "iql")
 
 
 def load_runs() -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted((RESULTS / "scores").glob("*.json"))]
+    return [json.loads(path.read_text()) for path in sorted(SCORES_DIR.glob("*.json"))]
 
 
 def main():
     runs = load_runs()
     if not runs:
         raise SystemExit("no runs in benchmarks/results/scores/: run benchmarks/run_scores.py first")
-    envs = list(dict.fromkeys(r["env"] for r in runs))
-    algorithms = [a for a in ALGORITHM_ORDER if any(r["algorithm"] == a for r in runs)]
+    envs = list(dict.fromkeys([*DATASETS, *(r["env"] for r in runs)]))
+    algorithms = list(dict.fromkeys([*ALGORITHMS, *(r["algorithm"] for r in runs)]))
     by_key = {(r["algorithm"], r["env"]): r for r in runs}
+    report = RESULTS / "datasets" / "report.json"
+    rows = json.loads(report.read_text()) if report.exists() else []
+    data_scores = {row["dataset"]: row["normalized_mean"] for row in rows}
 
     lines = [
         "# Normalised scores on offlax's D4RL-style datasets",
@@ -38,28 +41,32 @@ def main():
         "reference scores: mean ± std over seeds, then each seed. Written by "
         "`benchmarks/score_table.py` from `benchmarks/results/scores/*.json` (one file per run).",
         "",
-        "| dataset | " + " | ".join(algorithms) + " |",
-        "|---|" + "---:|" * len(algorithms),
+        "| dataset | data (mean episode) | " + " | ".join(algorithms) + " |",
+        "|---|---:|" + "---:|" * len(algorithms),
     ]
     for env in envs:
         cells = []
         for algorithm in algorithms:
             run = by_key.get((algorithm, env))
             if run is None or "final" not in run:
-                cells.append("not run")
+                cells.append("pending")
                 continue
             final = run["final"]
             seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
-            cells.append(f"**{final['normalized_score_mean']:.1f}** ± {final['normalized_score_std']:.1f} ({seeds})")
-        lines.append(f"| `{env}` | " + " | ".join(cells) + " |")
-    lines += ["", "| run | updates | seeds | updates/s | wall | device |", "|---|---:|---:|---:|---:|---|"]
+            mean, std = final["normalized_score_mean"], final["normalized_score_std"]
+            cells.append(f"**{mean:.1f}** ± {std:.1f} ({seeds})")
+        data = f"{data_scores[env]:.1f}" if env in data_scores else ""
+        lines.append(f"| `{env}` | {data} | " + " | ".join(cells) + " |")
+    lines += ["", "| run | updates | seeds | updates/s | wall | device |",
+              "|---|---:|---:|---:|---:|---|"]
     for env in envs:
         for algorithm in algorithms:
             run = by_key.get((algorithm, env))
             if run is not None:
                 lines.append(
                     f"| {algorithm} `{env}` | {run['updates']:,} | {len(run['seeds'])} | "
-                    f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | {run['device']} |")
+                    f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | "
+                    f"{run['device']} |")
     (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -67,7 +74,7 @@ def main():
     for ax, env in zip(axes[0], envs):
         for algorithm in algorithms:
             run = by_key.get((algorithm, env))
-            if run is None:
+            if run is None or not run["evaluations"]:
                 continue
             updates = np.array([e["update"] for e in run["evaluations"]])
             scores = np.array([e["normalized_score"] for e in run["evaluations"]])

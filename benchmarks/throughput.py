@@ -72,7 +72,8 @@ def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
         states, _ = jax.block_until_ready(compiled(states, data))
     seconds = time.perf_counter() - start
     updates_per_second = chunk * repeats / seconds
-    return {"algorithm": module.__name__, "seeds": num_seeds, "updates_per_second": updates_per_second,
+    return {"algorithm": module.__name__, "seeds": num_seeds,
+            "updates_per_second": updates_per_second,
             "agent_updates_per_second": updates_per_second * num_seeds,
             "gflop_per_update": flops_per_update / 1e9,
             "gflop_per_second": flops_per_update * num_seeds * updates_per_second / 1e9,
@@ -108,20 +109,22 @@ def main():
         f"**{peak / 1e9:.1f} GFLOP/s**. FLOPs per update from XLA's cost analysis of the compiled "
         "chunk.",
         "",
-        "| algorithm | seeds | updates/s (each seed) | seed-updates/s | GFLOP / update | GFLOP/s | of matmul peak | compile s |",
+        "| algorithm | seeds | updates/s (each seed) | seed-updates/s | GFLOP / update | GFLOP/s "
+        "| of matmul peak | compile s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['algorithm']} | {r['seeds']} | {r['updates_per_second']:.0f} | "
             f"{r['agent_updates_per_second']:.0f} | {r['gflop_per_update']:.3f} | "
-            f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['compile_seconds']:.1f} |"
+            f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul_peak']:.0%} | "
+            f"{r['compile_seconds']:.1f} |"
         )
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "matmul_gflop_per_second": peak / 1e9,
-                                                    "rows": rows}, indent=1))
+    summary = {"device": device, "matmul_gflop_per_second": peak / 1e9, "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines))
 
 
