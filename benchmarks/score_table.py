@@ -72,20 +72,22 @@ def main():
 
     figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
-        for algorithm in algorithms:
+        for color, algorithm in enumerate(algorithms):  # one colour per algorithm in every panel
             run = by_key.get((algorithm, env))
             if run is None or not run["evaluations"]:
+                ax.plot([], [], color=f"C{color}", label=f"{algorithm} (pending)")
                 continue
             updates = np.array([e["update"] for e in run["evaluations"]])
             scores = np.array([e["normalized_score"] for e in run["evaluations"]])
             mean, std = scores.mean(1), scores.std(1)
-            ax.plot(updates, mean, label=algorithm)
-            ax.fill_between(updates, mean - std, mean + std, alpha=0.2)
+            ax.plot(updates, mean, color=f"C{color}", label=algorithm)
+            ax.fill_between(updates, mean - std, mean + std, color=f"C{color}", alpha=0.2)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalised score (mean ± std over seeds)")
-    axes[0][0].legend()
+    for ax in axes[0]:
+        ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(RESULTS / "scores_curves.png", dpi=120)
 
