@@ -300,6 +300,8 @@ def transformed_rewards(dataset, transform: str) -> np.ndarray:
 
 
 def main(args: Args) -> dict:
+    """Train with `args` exactly as given. DATASET_OVERRIDES apply through `parse_args` (the
+    CLI); from Python, start from `dataset_defaults(env)` to get them."""
     dataset = load_dataset(args.env)
     env = make_env(dataset)
     action_scaling = ActionScaling.from_space(env.action_space)
