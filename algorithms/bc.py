@@ -17,7 +17,6 @@ Run: python algorithms/bc.py --env offlax/hopper/medium-replay-v0 --top-fraction
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -27,14 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
-from common.datasets import DEFAULT_DATASET, Dataset, DatasetError, load_dataset
-from common.evaluation import Evaluator, make_env
-from common.logger import RunLogger, default_output_dir
-from common.normalization import ActionScaling, ObservationStatistics, observation_statistics
+from common.cli import check_args, parse_cli, run_main
+from common.datasets import DEFAULT_DATASET, Dataset, load_dataset
+from common.errors import ConfigError
+from common.evaluation import Evaluator, env_action_scaling
+from common.logger import RunLogger
+from common.normalization import ObservationStatistics, observation_statistics
+from common.training import prepare_output_dir, train
 from common.transitions import sample_batch, transitions_on_device
 
 
@@ -58,6 +59,11 @@ class Args:
     """hidden layers of the policy (CORL any_percent_bc.py: 256, 256)"""
     output_dir: str | None = None
     """output directory (default runs/bc/<env>/<date-time>)"""
+    resume: str | None = None
+    """output directory of an earlier run to continue from its latest checkpoint, with its own
+    arguments (other flags must agree with them)"""
+    keep_checkpoints: int = 3
+    """checkpoints kept in <output-dir>/checkpoints (one is written at every evaluation)"""
     learning_rate: float = 3e-4
     """Adam learning rate (CORL any_percent_bc.py: 3e-4)"""
     top_fraction: float = 1.0
@@ -106,9 +112,15 @@ class GaussianPolicy(nn.Module):
         return mean, jnp.clip(log_std, -5.0, 2.0)
 
 
-def make_policy(args: Args, action_dim: int) -> nn.Module:
+def policy_network(args: Args, action_dim: int) -> nn.Module:
     policy = DeterministicPolicy if args.policy == "deterministic" else GaussianPolicy
     return policy(args.hidden_dims, action_dim)
+
+
+def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
+    """(params, raw observations) -> deterministic actions in [-1, 1]: the tanh mean."""
+    actor = policy_network(args, action_dim)
+    return lambda params, observations: actor.apply(params, stats.normalize(observations))[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +134,7 @@ class BCState(struct.PyTreeNode):
 
 def init_state(key, args: Args, obs_dim: int, action_dim: int) -> BCState:
     key, actor_key = jax.random.split(key)
-    actor = make_policy(args, action_dim)
+    actor = policy_network(args, action_dim)
     params = actor.init(actor_key, jnp.zeros((1, obs_dim)))
     return BCState(TrainState.create(apply_fn=actor.apply, params=params,
                                      tx=optax.adam(args.learning_rate)), key)
@@ -174,7 +186,7 @@ def train_chunk(states: BCState, data, num_updates: int, args: Args):
 def top_trajectories(dataset: Dataset, fraction: float) -> np.ndarray:
     """Indices of the transitions of the ceil(fraction * episodes) highest-return episodes."""
     if not 0.0 < fraction <= 1.0:
-        raise DatasetError(f"--top-fraction must be in (0, 1], got {fraction}.")
+        raise ConfigError(f"--top-fraction must be in (0, 1], got {fraction}.")
     returns, starts = dataset.episode_returns(), dataset.episode_starts()
     lengths = dataset.episode_lengths()
     keep = np.argsort(-returns, kind="stable")[: int(np.ceil(fraction * len(returns)))]
@@ -182,13 +194,16 @@ def top_trajectories(dataset: Dataset, fraction: float) -> np.ndarray:
 
 
 def main(args: Args) -> dict:
+    check_args(args)
+    if not 0.0 < args.top_fraction <= 1.0:
+        raise ConfigError(f"--top-fraction must be in (0, 1], got {args.top_fraction}.")
+    output_dir, checkpoint = prepare_output_dir("bc", args)
     dataset = load_dataset(args.env)
-    env = make_env(dataset)
+    action_scaling = env_action_scaling(dataset)
     if args.top_fraction < 1.0:
         kept = top_trajectories(dataset, args.top_fraction)
         print(f"{args.top_fraction:.0%}-BC: {len(kept)} of {dataset.size} transitions kept.")
         dataset = dataset.subset(kept)
-    action_scaling = ActionScaling.from_space(env.action_space)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
@@ -200,25 +215,19 @@ def main(args: Args) -> dict:
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
-    actor = make_policy(args, action_dim)
-
-    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
-        return actor.apply(params, stats.normalize(observations))[0]
-
-    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
-    logger = RunLogger("bc", args, dataset, seeds,
-                       args.output_dir or default_output_dir("bc", args.env))
-    while logger.updates < args.total_updates:
-        num_updates = min(args.eval_interval, args.total_updates - logger.updates)
-        start = time.perf_counter()
-        states, metrics = jax.block_until_ready(train_chunk(states, data, num_updates, args))
-        logger.log_training(num_updates, time.perf_counter() - start, metrics)
-        logger.log_evaluation(evaluate(states.actor.params))
-    logger.save_policy(states.actor.params, obs_mean=stats.mean, obs_std=stats.std,
-                       action_low=action_scaling.low, action_high=action_scaling.high)
-    logger.close()
+    evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
+                         args.eval_episodes, action_scaling)
+    logger = RunLogger("bc", args, dataset, seeds, output_dir, checkpoint)
+    statistics = dict(obs_mean=stats.mean, obs_std=stats.std,
+                      action_low=action_scaling.low, action_high=action_scaling.high)
+    states = train(states, lambda states, n: train_chunk(states, data, n, args),
+                   lambda states: evaluate(states.actor.params), logger, args, statistics,
+                   checkpoint)
+    evaluate.close()
+    logger.save_policy(states.actor.params, **statistics)
+    logger.finish("finished")
     return logger.results
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run_main(main, parse_cli(Args))

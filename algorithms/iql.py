@@ -22,7 +22,6 @@ Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v0 --num-seeds 3
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -32,15 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
+from common.cli import check_args, parse_cli, run_main
 from common.datasets import DEFAULT_DATASET, load_dataset
-from common.evaluation import Evaluator, make_env
-from common.logger import RunLogger, default_output_dir
-from common.normalization import (ActionScaling, ObservationStatistics, iql_reward_scale,
-                                  observation_statistics)
+from common.evaluation import Evaluator, env_action_scaling
+from common.logger import RunLogger
+from common.normalization import ObservationStatistics, iql_reward_scale, observation_statistics
+from common.training import prepare_output_dir, train
 from common.transitions import sample_batch, transitions_on_device
 
 
@@ -64,6 +63,11 @@ class Args:
     """hidden layers of the policy, the Q-functions and V (paper App. B: 256, 256)"""
     output_dir: str | None = None
     """output directory (default runs/iql/<env>/<date-time>)"""
+    resume: str | None = None
+    """output directory of an earlier run to continue from its latest checkpoint, with its own
+    arguments (other flags must agree with them)"""
+    keep_checkpoints: int = 3
+    """checkpoints kept in <output-dir>/checkpoints (one is written at every evaluation)"""
     actor_lr: float = 3e-4
     """policy learning rate, Adam, cosine-decayed to 0 over the run (paper App. B; configs/)"""
     critic_lr: float = 3e-4
@@ -104,12 +108,6 @@ def dataset_defaults(env: str) -> Args:
         if key in env.lower():
             defaults = dataclasses.replace(defaults, **overrides)
     return defaults
-
-
-def parse_args(argv=None) -> Args:
-    """tyro CLI, where the defaults of the chosen dataset (DATASET_OVERRIDES) replace Args'."""
-    env = tyro.cli(Args, args=argv).env
-    return tyro.cli(Args, args=argv, default=dataset_defaults(env))
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,12 +297,19 @@ def transformed_rewards(dataset, transform: str) -> np.ndarray:
     return dataset.rewards
 
 
+def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
+    """(params, raw observations) -> deterministic actions in [-1, 1]: the policy's mean."""
+    actor = GaussianPolicy(args.hidden_dims, action_dim)
+    return lambda params, observations: actor.apply(params, stats.normalize(observations))[0]
+
+
 def main(args: Args) -> dict:
     """Train with `args` exactly as given. DATASET_OVERRIDES apply through `parse_args` (the
     CLI); from Python, start from `dataset_defaults(env)` to get them."""
+    check_args(args)
+    output_dir, checkpoint = prepare_output_dir("iql", args)
     dataset = load_dataset(args.env)
-    env = make_env(dataset)
-    action_scaling = ActionScaling.from_space(env.action_space)
+    action_scaling = env_action_scaling(dataset)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
@@ -318,25 +323,24 @@ def main(args: Args) -> dict:
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
-    actor = GaussianPolicy(args.hidden_dims, action_dim)
-
-    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
-        return actor.apply(params, stats.normalize(observations))[0]
-
-    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
-    logger = RunLogger("iql", args, dataset, seeds,
-                       args.output_dir or default_output_dir("iql", args.env))
-    while logger.updates < args.total_updates:
-        num_updates = min(args.eval_interval, args.total_updates - logger.updates)
-        start = time.perf_counter()
-        states, metrics = jax.block_until_ready(train_chunk(states, data, num_updates, args))
-        logger.log_training(num_updates, time.perf_counter() - start, metrics)
-        logger.log_evaluation(evaluate(states.actor.params))
-    logger.save_policy(states.actor.params, obs_mean=stats.mean, obs_std=stats.std,
-                       action_low=action_scaling.low, action_high=action_scaling.high)
-    logger.close()
+    evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
+                         args.eval_episodes, action_scaling)
+    logger = RunLogger("iql", args, dataset, seeds, output_dir, checkpoint)
+    statistics = dict(obs_mean=stats.mean, obs_std=stats.std,
+                      action_low=action_scaling.low, action_high=action_scaling.high)
+    states = train(states, lambda states, n: train_chunk(states, data, n, args),
+                   lambda states: evaluate(states.actor.params), logger, args, statistics,
+                   checkpoint)
+    evaluate.close()
+    logger.save_policy(states.actor.params, **statistics)
+    logger.finish("finished")
     return logger.results
 
 
+def parse_args(argv=None) -> Args:
+    """The CLI, where the chosen dataset's DATASET_OVERRIDES replace Args' defaults."""
+    return parse_cli(Args, argv, defaults=dataset_defaults)
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    run_main(main, parse_args())

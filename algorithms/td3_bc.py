@@ -21,7 +21,6 @@ Run: python algorithms/td3_bc.py --env offlax/hopper/medium-replay-v0 --num-seed
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -30,14 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
+from common.cli import check_args, parse_cli, run_main
 from common.datasets import DEFAULT_DATASET, load_dataset
-from common.evaluation import Evaluator, make_env
-from common.logger import RunLogger, default_output_dir
-from common.normalization import ActionScaling, ObservationStatistics, observation_statistics
+from common.evaluation import Evaluator, env_action_scaling
+from common.logger import RunLogger
+from common.normalization import ObservationStatistics, observation_statistics
+from common.training import prepare_output_dir, train
 from common.transitions import sample_batch, transitions_on_device
 
 
@@ -61,6 +61,11 @@ class Args:
     """hidden layers of the actor and of each critic (paper Table 3: 256, 256)"""
     output_dir: str | None = None
     """output directory (default runs/td3_bc/<env>/<date-time>)"""
+    resume: str | None = None
+    """output directory of an earlier run to continue from its latest checkpoint, with its own
+    arguments (other flags must agree with them)"""
+    keep_checkpoints: int = 3
+    """checkpoints kept in <output-dir>/checkpoints (one is written at every evaluation)"""
     actor_lr: float = 3e-4
     """actor learning rate, Adam (paper Table 3: 3e-4)"""
     critic_lr: float = 3e-4
@@ -222,14 +227,17 @@ def train_chunk(states: TD3BCState, data, num_updates: int, args: Args):
 # Training loop
 
 
+def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
+    """(params, raw observations) -> deterministic actions in [-1, 1]: pi(s) on normalised s."""
+    actor = Actor(args.hidden_dims, action_dim)
+    return lambda params, observations: actor.apply(params, stats.normalize(observations))
+
+
 def main(args: Args) -> dict:
-    if args.eval_interval % args.policy_freq or args.total_updates % args.policy_freq:
-        raise SystemExit(f"error: --eval-interval ({args.eval_interval}) and --total-updates "
-                         f"({args.total_updates}) must be multiples of --policy-freq "
-                         f"({args.policy_freq}): every host call ends after an actor update.")
+    check_args(args, update_multiple=args.policy_freq)
+    output_dir, checkpoint = prepare_output_dir("td3_bc", args)
     dataset = load_dataset(args.env)
-    env = make_env(dataset)
-    action_scaling = ActionScaling.from_space(env.action_space)
+    action_scaling = env_action_scaling(dataset)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
@@ -239,25 +247,19 @@ def main(args: Args) -> dict:
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
     states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
-    actor = Actor(args.hidden_dims, action_dim)
-
-    def policy(params, observations):  # deterministic action in [-1, 1] for raw observations
-        return actor.apply(params, stats.normalize(observations))
-
-    evaluate = Evaluator(dataset.info.env_id, policy, seeds, args.eval_episodes, action_scaling)
-    logger = RunLogger("td3_bc", args, dataset, seeds,
-                       args.output_dir or default_output_dir("td3_bc", args.env))
-    while logger.updates < args.total_updates:
-        num_updates = min(args.eval_interval, args.total_updates - logger.updates)
-        start = time.perf_counter()
-        states, metrics = jax.block_until_ready(train_chunk(states, data, num_updates, args))
-        logger.log_training(num_updates, time.perf_counter() - start, metrics)
-        logger.log_evaluation(evaluate(states.actor.params))
-    logger.save_policy(states.actor.params, obs_mean=stats.mean, obs_std=stats.std,
-                       action_low=action_scaling.low, action_high=action_scaling.high)
-    logger.close()
+    evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
+                         args.eval_episodes, action_scaling)
+    logger = RunLogger("td3_bc", args, dataset, seeds, output_dir, checkpoint)
+    statistics = dict(obs_mean=stats.mean, obs_std=stats.std,
+                      action_low=action_scaling.low, action_high=action_scaling.high)
+    states = train(states, lambda states, n: train_chunk(states, data, n, args),
+                   lambda states: evaluate(states.actor.params), logger, args, statistics,
+                   checkpoint, update_multiple=args.policy_freq)
+    evaluate.close()
+    logger.save_policy(states.actor.params, **statistics)
+    logger.finish("finished")
     return logger.results
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run_main(main, parse_cli(Args))

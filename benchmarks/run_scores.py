@@ -3,7 +3,8 @@
 Every run writes its own output directory (results.json, TensorBoard, policy) under
 `--runs-dir`, and its results.json is copied to `benchmarks/results/scores/<algo>__<env>.json`,
 so runs may be spread over time and machines; `benchmarks/score_table.py` assembles the table
-and the learning curves from those files. A run whose copy already exists is skipped.
+and the learning curves from those files. A run whose copy already exists is skipped; a run that
+was killed or interrupted is resumed from its latest checkpoint (`--resume`).
 
     python benchmarks/run_scores.py --total-updates 100000 --num-seeds 3
 """
@@ -11,6 +12,7 @@ and the learning curves from those files. A run whose copy already exists is ski
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -45,13 +47,30 @@ def main():
                 print(f"skip {algorithm} {env}: {target.relative_to(ROOT)} exists")
                 continue
             output_dir = Path(options.runs_dir) / algorithm / env.replace("/", "_")
-            command = [sys.executable, str(ROOT / "algorithms" / f"{algorithm}.py"), "--env", env,
-                       "--num-seeds", str(options.num_seeds),
-                       "--total-updates", str(options.total_updates),
-                       "--output-dir", str(output_dir), *extra]
+            script = str(ROOT / "algorithms" / f"{algorithm}.py")
+            if options.force and output_dir.exists():
+                shutil.rmtree(output_dir)
+            status = run_status(output_dir)
+            if status == "finished":
+                shutil.copyfile(output_dir / "results.json", target)
+                continue
+            if (output_dir / "checkpoints").is_dir():
+                command = [sys.executable, script, "--resume", str(output_dir)]
+            else:
+                command = [sys.executable, script, "--env", env,
+                           "--num-seeds", str(options.num_seeds),
+                           "--total-updates", str(options.total_updates),
+                           "--output-dir", str(output_dir), *extra]
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=True)
             shutil.copyfile(output_dir / "results.json", target)
+
+
+def run_status(output_dir: Path) -> str | None:
+    try:
+        return json.loads((output_dir / "results.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

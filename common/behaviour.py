@@ -22,6 +22,8 @@ it too. Generation is deterministic for a given machine: fixed seeds for every r
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import json
 import re
 import warnings
@@ -381,6 +383,8 @@ def read_minari_episodes(dataset_id: str) -> list[Episode]:
 def build_dataset(spec: OfflaxSpec, progress: bool = True) -> str:
     """Generate `spec` and store it in the local Minari directory; returns its id.
 
+    Several processes may ask for the same dataset at once (runs started together on a new
+    machine): a file lock lets one build it while the others wait and then read it.
     medium-expert reuses the local medium and expert datasets of the same sizes when they exist
     (they are exactly what it would roll out again)."""
     from common.datasets import minari_local_exists
@@ -388,13 +392,33 @@ def build_dataset(spec: OfflaxSpec, progress: bool = True) -> str:
     dataset_id = spec.dataset_id
     if minari_local_exists(dataset_id):
         return dataset_id
-    if progress:
-        print(f"Building {dataset_id} from the committed behaviour policies (once; then cached).")
-    if spec.level == "medium-expert":
-        parts = medium_expert_parts(spec)
-        if all(minari_local_exists(p.dataset_id) for p in parts):
-            episodes = [ep for p in parts for ep in read_minari_episodes(p.dataset_id)]
-            write_minari(dataset_id, episodes, spec)
+    with _build_lock(dataset_id):
+        if minari_local_exists(dataset_id):  # built by another process while this one waited
             return dataset_id
-    write_minari(dataset_id, collect_episodes(spec, progress), spec)
+        if progress:
+            print(f"Building {dataset_id} from the committed behaviour policies (once; then "
+                  "cached).")
+        if spec.level == "medium-expert":
+            parts = medium_expert_parts(spec)
+            if all(minari_local_exists(p.dataset_id) for p in parts):
+                episodes = [ep for p in parts for ep in read_minari_episodes(p.dataset_id)]
+                write_minari(dataset_id, episodes, spec)
+                return dataset_id
+        write_minari(dataset_id, collect_episodes(spec, progress), spec)
     return dataset_id
+
+
+@contextmanager
+def _build_lock(dataset_id: str):
+    import fcntl
+
+    from minari.storage import get_dataset_path
+
+    root = get_dataset_path()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".offlax-build-{dataset_id.replace('/', '_')}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

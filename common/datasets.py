@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from common.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES, reference_family
+from common.errors import OfflaxError
 
 OFFLAX_NAMESPACE = "offlax"
 # The embedded default: built from the committed behaviour policies on first use (about a
@@ -37,7 +38,7 @@ DEFAULT_DATASET = "offlax/hopper/medium-replay-v0"
 DOWNLOAD_TIMEOUT_S = 3.0  # reachability probe before a download; the whole failure stays < 5 s
 
 
-class DatasetError(Exception):
+class DatasetError(OfflaxError):
     """A dataset cannot be loaded; the message says why and what to do."""
 
 
@@ -51,6 +52,10 @@ class DatasetUnavailableError(DatasetError):
 
 class DatasetFormatError(DatasetError):
     """A file or dataset does not have the layout it should."""
+
+
+class DatasetWarning(UserWarning):
+    """The dataset is usable, but something was changed or looks wrong; the message says what."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,19 @@ class Dataset:
 
 def normalized_score(returns, info: DatasetInfo):
     """D4RL-normalised score: 100 * (return - ref_min) / (ref_max - ref_min)."""
+    check_reference_scores(info)
+    returns = np.asarray(returns, np.float64)
+    return 100.0 * (returns - info.ref_min_score) / (info.ref_max_score - info.ref_min_score)
+
+
+def check_reference_scores(info: DatasetInfo):
+    """Raise a DatasetError unless the dataset has the reference scores that normalise returns."""
     if info.ref_min_score is None or info.ref_max_score is None:
         raise DatasetError(
             f"Dataset '{info.name}' has no reference scores, so returns cannot be normalised. "
             "Add `ref_min_score` / `ref_max_score` to its Minari metadata, or add its environment "
             "family to D4RL_REFERENCE_SCORES in common/d4rl_names.py."
         )
-    returns = np.asarray(returns, np.float64)
-    return 100.0 * (returns - info.ref_min_score) / (info.ref_max_score - info.ref_min_score)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +129,44 @@ def normalized_score(returns, info: DatasetInfo):
 
 
 def load_dataset(name: str) -> Dataset:
-    """Load `name` (D4RL name, Minari id, HDF5 path or offlax id) as flat transitions."""
+    """Load `name` (D4RL name, Minari id, HDF5 path or offlax id) as flat transitions, checked
+    to be non-empty, consistently shaped and finite (`check_dataset`)."""
+    return check_dataset(_load(name))
+
+
+def check_dataset(dataset: Dataset) -> Dataset:
+    """Raise a DatasetFormatError if `dataset` is empty, ragged or holds NaN or Inf."""
+    name = dataset.info.name
+    if dataset.size == 0:
+        raise DatasetFormatError(f"Dataset '{name}' is empty: it holds no transitions to train on.")
+    fields = {f: getattr(dataset, f) for f in _FLAT_FIELDS}
+    lengths = {f: len(v) for f, v in fields.items()}
+    ranks = {"observations": 2, "actions": 2, "next_observations": 2, "rewards": 1,
+             "terminals": 1, "timeouts": 1}
+    wrong = [f"{f} {v.shape}" for f, v in fields.items() if v.ndim != ranks[f]]
+    if len(set(lengths.values())) != 1 or wrong:
+        raise DatasetFormatError(
+            f"Dataset '{name}' is not a table of transitions: fields have lengths {lengths}"
+            + (f" and wrong ranks: {', '.join(wrong)}" if wrong else "") + ". Every field needs "
+            "one row per transition (observations and actions 2-D, the others 1-D).")
+    if dataset.next_observations.shape != dataset.observations.shape:
+        raise DatasetFormatError(
+            f"Dataset '{name}' has observations {dataset.observations.shape} but "
+            f"next_observations {dataset.next_observations.shape}; they must have the same shape.")
+    for field_name in ("observations", "actions", "rewards", "next_observations"):
+        values = fields[field_name]
+        bad = ~np.isfinite(values)
+        if bad.any():
+            rows = np.flatnonzero(bad.reshape(len(values), -1).any(1))
+            raise DatasetFormatError(
+                f"Dataset '{name}' has {int(bad.sum())} NaN or Inf value(s) in `{field_name}`, in "
+                f"{len(rows)} transition(s) (the first at index {rows[0]}). Training on them would "
+                "turn every loss into NaN. Repair or drop those transitions (e.g. "
+                "`dataset.subset(indices)`), or regenerate the dataset.")
+    return dataset
+
+
+def _load(name: str) -> Dataset:
     if name.endswith((".hdf5", ".h5")) or Path(name).is_file():
         return load_d4rl_hdf5(name)
     if name in D4RL_NAMES:
@@ -411,6 +458,8 @@ def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Datase
     if len(set(lengths.values())) != 1:
         raise DatasetFormatError(f"'{path}' has fields of different lengths: {lengths}.")
     n = len(data["rewards"])
+    if n == 0:
+        raise DatasetFormatError(f"Dataset '{path}' is empty: it holds no transitions to train on.")
     observations = np.asarray(data["observations"], np.float32).reshape(n, -1)
     actions = np.asarray(data["actions"], np.float32).reshape(n, -1)
     terminals = np.asarray(data["terminals"], bool).reshape(-1)

@@ -22,6 +22,16 @@ from common.normalization import ActionScaling
 EVAL_SEED_STRIDE = 100_000  # episode e of the agent seeded s resets with seed s * stride + e
 
 
+def env_action_scaling(dataset: Dataset) -> ActionScaling:
+    """The action bounds of the dataset's evaluation environment, which is made once (and
+    closed) to check that it exists and agrees with the dataset (`make_env`)."""
+    env = make_env(dataset)
+    try:
+        return ActionScaling.from_space(env.action_space)
+    finally:
+        env.close()
+
+
 def make_env(dataset: Dataset) -> gym.Env:
     """The dataset's evaluation environment, from its metadata; checks that the shapes agree."""
     env_id = dataset.info.env_id
@@ -41,10 +51,12 @@ def make_env(dataset: Dataset) -> gym.Env:
         ) from None
     obs_shape = env.observation_space.shape
     if not isinstance(env.action_space, gym.spaces.Box):
+        env.close()
         raise DatasetError(f"'{env_id}' has a {type(env.action_space).__name__} action space; "
                            "this algorithm needs a continuous (Box) one.")
     action_shape = env.action_space.shape
     if obs_shape != dataset.observations.shape[1:] or action_shape != dataset.actions.shape[1:]:
+        env.close()
         raise DatasetError(
             f"Dataset '{dataset.info.name}' has observations {dataset.observations.shape[1:]} and "
             f"actions {dataset.actions.shape[1:]}, but its environment '{env_id}' has observations "

@@ -2,10 +2,12 @@
 
   events.out.tfevents.*   TensorBoard: train/<metric> (mean over seeds), eval/return,
                           eval/normalized_score (mean and per seed), perf/updates_per_second
-  results.json            algorithm, env, args, versions, evaluations per seed, final score,
-                          updates per second, wall seconds (written after every evaluation)
+  results.json            algorithm, env, status, args, versions, evaluations per seed, final
+                          score, updates per second, wall seconds (written after every
+                          evaluation, and when the run ends: finished, interrupted or diverged)
   policy.msgpack          the final policy parameters of every seed (flax serialisation) and
                           what is needed to act with them (observation statistics, action bounds)
+  checkpoints/            the whole training state at every evaluation (common/checkpoints.py)
 
 plus a progress bar with updates/s, ETA and the latest normalised score.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
-from common.datasets import Dataset, normalized_score
+from common.datasets import Dataset, check_reference_scores, normalized_score
 
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "gymnasium", "mujoco", "minari")
 
@@ -55,22 +57,31 @@ def library_versions() -> dict:
 
 
 class RunLogger:
-    """TensorBoard, results.json and the progress bar of one run of N seeds."""
+    """TensorBoard, results.json and the progress bar of one run of N seeds.
 
-    def __init__(self, algorithm: str, args, dataset: Dataset, seeds, output_dir: str):
+    With `checkpoint` (common/checkpoints.py; its "logger" entry is `state_dict()`), the run
+    continues: its evaluation history and timings carry on, and TensorBoard drops any events the killed process wrote after
+    that checkpoint (purge_step), so the curves have no duplicated stretch.
+    """
+
+    def __init__(self, algorithm: str, args, dataset: Dataset, seeds, output_dir,
+                 checkpoint: dict | None = None):
         from tensorboardX import SummaryWriter
 
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.info = dataset.info
+        check_reference_scores(self.info)  # before training, not at the first evaluation
         self.seeds = [int(s) for s in seeds]
         self.start = time.perf_counter()
-        self.train_seconds = 0.0
-        self.first_call = None  # (updates, seconds) of the first host call, which compiles
+        self.first_call = None  # (updates, seconds) of this process's first host call (compiles)
         self.updates = 0
+        self.timed = [0, 0.0]  # updates and seconds of host calls, without each first one
+        self.wall_before = 0.0  # wall seconds of earlier processes of a resumed run
         self.results = {
             "algorithm": algorithm,
             "env": self.info.name,
+            "status": "running",
             "dataset": {"id": self.info.dataset_id, "source": self.info.source,
                         "env_id": self.info.env_id, "transitions": dataset.size,
                         "ref_min_score": self.info.ref_min_score,
@@ -84,16 +95,40 @@ class RunLogger:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "evaluations": [],
         }
-        self.writer = SummaryWriter(str(self.output_dir))
-        self.bar = tqdm(total=args.total_updates, unit="upd", dynamic_ncols=True,
+        resume = json.loads(checkpoint["logger"]) if checkpoint is not None else None
+        if resume is not None:
+            self.updates = resume["updates"]
+            self.timed = resume["timed"]
+            self.wall_before = resume["wall_seconds"]
+            self.results["evaluations"] = resume["evaluations"]
+            self.results["started"] = resume["started"]
+            self.results["resumed"] = [*resume["resumed"], {
+                "update": self.updates,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": self.results["command"]}]
+        self.writer = SummaryWriter(str(self.output_dir),
+                                    purge_step=self.updates if resume is not None else None)
+        self.bar = tqdm(total=args.total_updates, initial=self.updates, unit="upd",
+                        dynamic_ncols=True,
                         mininterval=float(os.environ.get("TQDM_MININTERVAL", 1.0)))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the logger (JSON-able; floats round-trip exactly)."""
+        return {"updates": self.updates, "timed": list(self.timed),
+                "wall_seconds": self.wall_seconds(), "evaluations": self.results["evaluations"],
+                "started": self.results["started"], "resumed": self.results.get("resumed", [])}
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.start
 
     def log_training(self, updates_done: int, seconds: float, metrics: dict):
         """After a host call of `updates_done` updates: metrics are arrays (seeds, steps)."""
         if self.first_call is None:
             self.first_call = (updates_done, seconds)
+        else:
+            self.timed[0] += updates_done
+            self.timed[1] += seconds
         self.updates += updates_done
-        self.train_seconds += seconds
         for name, values in metrics.items():
             self.writer.add_scalar(f"train/{name}", float(np.mean(values)), self.updates)
         self.writer.add_scalar("perf/updates_per_second", updates_done / seconds, self.updates)
@@ -134,22 +169,18 @@ class RunLogger:
         results["updates"] = self.updates
         results["updates_per_second"] = self.updates_per_second()
         results["first_call_seconds"] = self.first_call[1] if self.first_call else None
-        results["wall_seconds"] = time.perf_counter() - self.start
+        results["wall_seconds"] = self.wall_seconds()
         path = self.output_dir / "results.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, path)
 
     def updates_per_second(self) -> float | None:
-        """Training throughput, without the first host call (it includes XLA's compilation)
-        unless it is the only one."""
-        if self.first_call is None:
-            return None
-        updates = self.updates - self.first_call[0]
-        seconds = self.train_seconds - self.first_call[1]
-        if updates == 0:
-            updates, seconds = self.updates, self.train_seconds
-        return updates / seconds
+        """Training throughput, without each process's first host call (it includes XLA's
+        compilation) unless nothing else was timed."""
+        if self.timed[0]:
+            return self.timed[0] / self.timed[1]
+        return self.first_call[0] / self.first_call[1] if self.first_call else None
 
     def save_policy(self, params, **extra):
         """policy.msgpack: {"params": parameters with a leading seed axis, **extra}."""
@@ -160,7 +191,12 @@ class RunLogger:
         tmp.write_bytes(serialization.msgpack_serialize(serialization.to_state_dict(tree)))
         os.replace(tmp, path)
 
-    def close(self):
+    def finish(self, status: str, message: str | None = None):
+        """End the run: status "finished", "interrupted" or "diverged" (with a message) goes to
+        results.json, which is written one last time."""
+        self.results["status"] = status
+        if message:
+            self.results["message"] = message
         self.bar.close()
         self.write_results()
         self.writer.close()

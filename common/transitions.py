@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
-from common.datasets import Dataset
+from common.datasets import Dataset, DatasetWarning
 from common.normalization import ActionScaling, ObservationStatistics
+
+ACTION_CLIP = 1.0 - 1e-5  # D4RL's convention for actions at or beyond the bounds (unit box)
 
 
 def transitions_on_device(dataset: Dataset, stats: ObservationStatistics,
                           action_scaling: ActionScaling, rewards=None) -> dict:
     """The training arrays as one dict on the default device: normalised observations,
-    unit-box actions, rewards (the dataset's unless given), terminals as float32 (1 - d masks)."""
+    unit-box actions, rewards (the dataset's unless given), terminals as float32 (1 - d masks).
+
+    Actions outside the environment's bounds are clipped to +-ACTION_CLIP in the unit box, as
+    D4RL does, with a warning that says how many."""
     return jax.device_put({
         "observations": stats.normalize(dataset.observations),
-        "actions": action_scaling.to_unit(dataset.actions).astype(np.float32),
+        "actions": unit_actions(dataset, action_scaling),
         "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
         "next_observations": stats.normalize(dataset.next_observations),
         "terminals": dataset.terminals.astype(np.float32),
@@ -26,3 +33,21 @@ def sample_batch(data: dict, key, batch_size: int) -> dict:
     """`batch_size` transitions drawn uniformly with replacement, inside jit."""
     indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])
     return jax.tree.map(lambda field: field[indices], data)
+
+
+def unit_actions(dataset: Dataset, action_scaling: ActionScaling) -> np.ndarray:
+    """The dataset's actions in the unit box; entries outside the bounds clipped (warned)."""
+    actions = dataset.actions
+    outside = (actions < action_scaling.low) | (actions > action_scaling.high)
+    unit = action_scaling.to_unit(actions).astype(np.float32)
+    if outside.any():
+        farthest = float(np.abs(unit[outside]).max())
+        warnings.warn(
+            f"Dataset '{dataset.info.name}': {int(outside.sum())} of {outside.size} action "
+            f"entries ({int(outside.any(1).sum())} of {len(actions)} transitions) lie outside the "
+            f"environment's action bounds [{action_scaling.low.min():g}, "
+            f"{action_scaling.high.max():g}] (up to {farthest:.4g} in the unit box). They are "
+            f"clipped to +-(1 - 1e-5) of the bounds, as D4RL does.",
+            DatasetWarning, stacklevel=3)
+        unit = np.where(outside, np.clip(unit, -ACTION_CLIP, ACTION_CLIP), unit)
+    return np.clip(unit, -1.0, 1.0)

@@ -10,6 +10,16 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(scope="module")
+def generated_datasets(tmp_path_factory):
+    """One private Minari directory per test module, where offlax datasets are built on first
+    use; training progress bars off."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
+        patch.setenv("TQDM_DISABLE", "1")
+        yield
+
+
 @pytest.fixture
 def minari_dir(tmp_path, monkeypatch):
     """An empty, private local Minari directory for one test."""

@@ -27,18 +27,12 @@ import td3_bc  # noqa: E402
 
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
 SHARED_FLAGS = ("env", "seed", "num_seeds", "total_updates", "eval_interval", "eval_episodes",
-                "batch_size", "hidden_dims", "output_dir")
+                "batch_size", "hidden_dims", "output_dir", "resume", "keep_checkpoints")
 EXPERT = "offlax/invertedpendulum/expert-5000-v0"  # 5 episodes of return 1000
 MEDIUM_REPLAY = "offlax/invertedpendulum/medium-replay-v0"  # SAC's buffer up to its medium policy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def minari_datasets(tmp_path_factory):
-    """One private Minari directory for this module; datasets are built there on first use."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
-        patch.setenv("TQDM_DISABLE", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("generated_datasets")
 
 
 def run(name, tmp_path, **overrides):

@@ -152,3 +152,16 @@ def test_generate_datasets_script_builds_a_suite(minari_dir, tmp_path):
     assert both.size == 400
     np.testing.assert_array_equal(both.observations[200:], expert.observations[:200])
     assert "offlax/invertedpendulum/expert-400-v0" in json.loads(timings.read_text())
+
+
+def test_two_processes_asking_for_a_new_dataset_at_once_both_get_it(minari_dir):
+    """Runs started together on a new machine: one builds, the other waits for it and reads it."""
+    import subprocess
+
+    command = [sys.executable, "-m", "common.datasets", "offlax/invertedpendulum/expert-2000-v0"]
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert sum("Building offlax/invertedpendulum/expert-2000-v0" in o for o in outputs) == 1
+    assert all("2000 transitions" in o for o in outputs)

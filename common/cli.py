@@ -1,0 +1,98 @@
+"""The command line every algorithm file shares: parsing (with `--resume`), the checks of the
+shared flags, and how a run ends (a one-paragraph error and an exit code, never a traceback).
+
+Exit codes: 0 finished, 2 bad input (arguments, dataset, output directory, checkpoint),
+3 training diverged, 130 interrupted (Ctrl-C; a checkpoint and a partial results.json are saved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from typing import Callable
+
+import tyro
+
+from common.errors import ConfigError, OfflaxError
+
+# Fields of Args whose value may differ when a run is resumed: they say where, not what.
+NOT_COMPARED_ON_RESUME = ("resume", "output_dir")
+
+
+def parse_cli(args_class, argv=None, defaults: Callable[[str], object] | None = None):
+    """tyro CLI for `args_class`.
+
+    `defaults(env)` may give an Args whose values replace the class defaults for that dataset
+    (IQL's per-dataset settings); flags given explicitly still win. With `--resume DIR`, the
+    resumed run's own arguments are the defaults, so `--resume DIR` alone continues it exactly,
+    and a flag that contradicts them is reported by `common.training.prepare_output_dir`.
+    """
+    first = tyro.cli(args_class, args=argv)
+    if first.resume:
+        from common.checkpoints import saved_args
+
+        default = args_from_dict(args_class, {**saved_args(first.resume),
+                                              "resume": first.resume, "output_dir": None})
+    elif defaults is not None:
+        default = defaults(first.env)
+    else:
+        return first
+    return tyro.cli(args_class, args=argv, default=default)
+
+
+def args_from_dict(args_class, values: dict):
+    """An Args from its `dataclasses.asdict` form read back from JSON (lists become tuples)."""
+    hints = typing.get_type_hints(args_class)
+    kwargs = {}
+    for field in dataclasses.fields(args_class):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if isinstance(value, list) and "tuple" in str(hints[field.name]):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return args_class(**kwargs)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args, update_multiple: int = 1):
+    """The shared flags describe a run that can happen: positive sizes, an evaluation within
+    the run, and (for algorithms whose update is a fixed pattern of `update_multiple` steps)
+    chunk boundaries on that pattern."""
+    positive = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
+                "keep_checkpoints"]
+    for name in positive:
+        value = getattr(args, name)
+        if value < 1:
+            raise ConfigError(f"{flag(name)} must be at least 1, got {value}.")
+    if any(width < 1 for width in args.hidden_dims):
+        raise ConfigError(f"--hidden-dims must be positive layer widths, got {args.hidden_dims}.")
+    if args.eval_interval > args.total_updates:
+        raise ConfigError(
+            f"--eval-interval ({args.eval_interval}) is larger than the run "
+            f"(--total-updates {args.total_updates}): the run would end before its first scheduled "
+            f"evaluation. Use --eval-interval {args.total_updates} or less.")
+    if update_multiple > 1 and (args.eval_interval % update_multiple
+                                or args.total_updates % update_multiple):
+        raise ConfigError(
+            f"--eval-interval ({args.eval_interval}) and --total-updates ({args.total_updates}) "
+            f"must be multiples of {update_multiple}: one update step of this algorithm is "
+            f"{update_multiple} gradient updates, and evaluations fall between steps.")
+
+
+def run_main(main: Callable, args) -> None:
+    """Run `main(args)` as a command: an OfflaxError prints `error: <message>` (or `interrupted: ...`) on stderr and exits
+    with its code; a second Ctrl-C (the first one is handled by the training loop) exits 130."""
+    try:
+        main(args)
+    except OfflaxError as error:
+        print(f"{error.label}: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: exiting without saving; the latest checkpoint is the last one "
+              "written.", file=sys.stderr)
+        raise SystemExit(130) from None

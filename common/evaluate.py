@@ -1,0 +1,186 @@
+"""Evaluate a trained policy again: `python -m common.evaluate RUN_DIR [--episodes N] [--video F]`.
+
+RUN_DIR is the output directory of a training run. Its final policy (policy.msgpack) is used, or,
+for a run that has not finished, the policy of its latest checkpoint. Every agent (seed) of the
+run plays N deterministic episodes; the raw and D4RL-normalised returns are printed per agent.
+The episodes are the ones the run's own evaluations used (same reset seeds), so with N equal to
+the run's --eval-episodes the final returns in results.json are reproduced exactly.
+
+`--video F.mp4` also records the first agent's first episode with MuJoCo's offscreen renderer
+(MUJOCO_GL=egl unless set; needs `pip install 'offlax[video]'`). Where no OpenGL backend is
+available the video is skipped with a message, and the evaluation still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import OfflaxError
+
+ALGORITHMS_DIR = Path(__file__).resolve().parents[1] / "algorithms"
+
+
+class EvaluateError(OfflaxError):
+    pass
+
+
+def import_algorithm(name: str):
+    """The module of algorithms/<name>.py, which defines `Args` and `evaluation_policy`."""
+    path = ALGORITHMS_DIR / f"{name}.py"
+    if not path.exists():
+        raise EvaluateError(f"The run was trained by '{name}', but {path} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"offlax_algorithm_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_run(run_dir) -> dict:
+    """What evaluating a run needs: its results.json, policy parameters (leading seed axis),
+    statistics (observation mean / std, action bounds) and where the parameters came from."""
+    from flax import serialization
+
+    from common.checkpoints import load_latest
+
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.exists():
+        raise EvaluateError(
+            f"'{run_dir}' holds no results.json, so it is not the output directory of a training "
+            "run that got to its first evaluation. Give the --output-dir of a run.")
+    results = json.loads(results_path.read_text())
+    policy_path = run_dir / "policy.msgpack"
+    if policy_path.exists():
+        saved = serialization.msgpack_restore(policy_path.read_bytes())
+        params = saved.pop("params")
+        source = f"{policy_path} (final, update {results['updates']})"
+    else:
+        checkpoint = load_latest(run_dir)
+        params = checkpoint["states"]["actor"]["params"]
+        saved = checkpoint["statistics"]
+        source = f"{checkpoint['path']} (latest checkpoint, update {checkpoint['update']})"
+    return {"results": results, "params": params, "statistics": saved, "source": source}
+
+
+def evaluate_run(run_dir, episodes: int | None = None) -> dict:
+    """Returns (seeds, episodes) and normalised scores of every agent of the run."""
+    import jax
+
+    from common.cli import args_from_dict
+    from common.datasets import DatasetInfo, normalized_score
+    from common.evaluation import Evaluator
+    from common.normalization import ActionScaling, ObservationStatistics
+
+    run = load_run(run_dir)
+    results, statistics = run["results"], run["statistics"]
+    module = import_algorithm(results["algorithm"])
+    args = args_from_dict(module.Args, results["args"])
+    stats = ObservationStatistics(np.asarray(statistics["obs_mean"]),
+                                  np.asarray(statistics["obs_std"]))
+    scaling = ActionScaling(np.asarray(statistics["action_low"]),
+                            np.asarray(statistics["action_high"]))
+    policy = module.evaluation_policy(args, len(scaling.low), stats)
+    dataset = results["dataset"]
+    info = DatasetInfo(name=results["env"], source=dataset["source"], dataset_id=dataset["id"],
+                       env_id=dataset["env_id"], ref_min_score=dataset["ref_min_score"],
+                       ref_max_score=dataset["ref_max_score"],
+                       ref_score_source=dataset["ref_score_source"])
+    episodes = episodes or args.eval_episodes
+    evaluator = Evaluator(info.env_id, policy, results["seeds"], episodes, scaling)
+    params = jax.tree.map(np.asarray, run["params"])
+    returns = evaluator(params)
+    evaluator.close()
+    return {"run": run, "args": args, "info": info, "returns": returns, "policy": policy,
+            "params": params, "scaling": scaling,
+            "scores": normalized_score(returns, info)}
+
+
+def record_video(evaluation: dict, path: Path) -> str:
+    """Record agent 0's episode 0 (the evaluation's own reset seed) to `path`; returns a line
+    saying what happened. Rendering or encoding problems skip the video, not the evaluation."""
+    import gymnasium as gym
+    import jax
+
+    from common.evaluation import EVAL_SEED_STRIDE
+
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        return "video skipped: recording needs imageio; pip install 'offlax[video]'."
+    info, scaling = evaluation["info"], evaluation["scaling"]
+    seed = evaluation["run"]["results"]["seeds"][0]
+    params = jax.tree.map(lambda x: x[0], evaluation["params"])
+    act = jax.jit(evaluation["policy"])
+    try:
+        env = gym.make(info.env_id, render_mode="rgb_array")
+        observation, _ = env.reset(seed=seed * EVAL_SEED_STRIDE)
+        frames = [env.render()]
+    except Exception as error:  # MuJoCo raises several types when no GL context can be made
+        return (f"video skipped: no OpenGL backend for offscreen rendering here "
+                f"(MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {type(error).__name__}: {error}). "
+                "Install EGL (e.g. libegl1) or OSMesa (libosmesa6 with MUJOCO_GL=osmesa).")
+    total, done = 0.0, False
+    while not done:
+        action = np.asarray(act(params, observation[None].astype(np.float32)))[0]
+        action = np.clip(scaling.from_unit(action), scaling.low, scaling.high)
+        observation, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        frames.append(env.render())
+        done = terminated or truncated
+    fps = env.metadata.get("render_fps", 30)
+    env.close()
+    try:
+        with warnings.catch_warnings():  # the encoder is a fork+exec'd ffmpeg: harmless for JAX
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            iio.imwrite(path, np.stack(frames), fps=fps)
+    except Exception as error:  # no encoder for this format (e.g. mp4 without imageio-ffmpeg)
+        return (f"video skipped: cannot write '{path}' ({type(error).__name__}: {error}). For "
+                "mp4, pip install 'offlax[video]'; '.gif' needs only Pillow.")
+    return f"video: {path} ({len(frames)} frames at {fps} fps, return {total:.1f})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="output directory of a training run")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes per agent (default: the run's --eval-episodes)")
+    parser.add_argument("--video", type=Path, default=None,
+                        help="record the first agent's first episode to this file (.mp4, .gif)")
+    options = parser.parse_args(argv)
+    if options.episodes is not None and options.episodes < 1:
+        parser.error(f"--episodes must be at least 1, got {options.episodes}")
+    if options.video is not None:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is imported: headless default
+    try:
+        evaluation = evaluate_run(options.run_dir, options.episodes)
+    except OfflaxError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    run, returns, scores = evaluation["run"], evaluation["returns"], evaluation["scores"]
+    results = run["results"]
+    print(f"{results['algorithm']} on {results['env']} ({evaluation['info'].env_id}), "
+          f"{returns.shape[1]} episodes per agent")
+    print(f"policy: {run['source']}")
+    print(f"{'seed':>6} {'return mean':>12} {'std':>8} {'normalised':>11}")
+    per_agent = scores.mean(1)
+    for seed, agent_returns, score in zip(results["seeds"], returns, per_agent):
+        print(f"{seed:>6} {agent_returns.mean():>12.1f} {agent_returns.std():>8.1f} {score:>11.1f}")
+    print(f"{'all':>6} {returns.mean():>12.1f} {'':>8} {per_agent.mean():>11.1f} "
+          f"+- {per_agent.std():.1f} (over agents)")
+    if options.video is not None:
+        print(record_video(evaluation, options.video))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

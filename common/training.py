@@ -1,0 +1,245 @@
+"""The training loop every algorithm file shares: host calls of fused updates, evaluations,
+checkpoints, exact resume, the divergence guard and Ctrl-C.
+
+The algorithm file supplies what is the algorithm (`train_chunk`: N updates of every seed in one
+jitted call, and `evaluate`); this loop does what is not:
+
+* Host calls end on a fixed grid: every UPDATES_PER_CALL updates and at every evaluation. The
+  grid depends on the update counter only, so a resumed run makes exactly the calls the
+  uninterrupted one made, and on CPU its parameters and scores are the same bit for bit.
+* After each host call (never inside one) the losses and the state are checked for NaN and Inf;
+  a divergence stops the run, naming the update, the seed and the quantity, and the last finite
+  checkpoint stays the latest.
+* At every evaluation the whole state is checkpointed (common/checkpoints.py).
+* Ctrl-C finishes the current host call (at most UPDATES_PER_CALL updates), saves a checkpoint
+  and a partial results.json, and exits 130; a second Ctrl-C exits at once without saving.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from common.checkpoints import (CheckpointError, args_json, latest_checkpoint, list_checkpoints,
+                                load_latest, restore_states, save_checkpoint)
+from common.cli import NOT_COMPARED_ON_RESUME, flag
+from common.errors import ConfigError, OfflaxError
+from common.logger import RunLogger, default_output_dir
+
+UPDATES_PER_CALL = 1000  # updates per host call at most: Ctrl-C and NaN are noticed this often
+
+
+class TrainingDiverged(OfflaxError):
+    exit_code = 3
+
+
+class TrainingInterrupted(OfflaxError):
+    exit_code = 130
+    label = "interrupted"
+
+
+# --------------------------------------------------------------------------------------------
+# Output directory and --resume
+
+
+def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
+    """The run's output directory, checked to be writable before anything slow happens, and with
+    `--resume` its latest checkpoint, checked to be this algorithm's with these arguments."""
+    checkpoint = None
+    if args.resume:
+        directory = Path(args.resume)
+        if args.output_dir and Path(args.output_dir).resolve() != directory.resolve():
+            raise ConfigError(
+                f"--output-dir ({args.output_dir}) and --resume ({args.resume}) name different "
+                "directories; a resumed run continues in its own directory: give --resume only.")
+        checkpoint = load_latest(directory)
+        if checkpoint["algorithm"] != algorithm:
+            raise CheckpointError(
+                f"'{directory}' is a run of {checkpoint['algorithm']}, not of {algorithm}: resume "
+                f"it with algorithms/{checkpoint['algorithm']}.py.")
+        differences = args_differences(json.loads(checkpoint["args"]), json.loads(args_json(args)))
+        if differences:
+            raise ConfigError(
+                f"Cannot resume '{directory}' with different arguments: "
+                + "; ".join(differences) + ". A resumed run must repeat its run exactly. Resume "
+                f"with --resume {directory} alone (it reuses the run's arguments), or start a new "
+                "run in another --output-dir.")
+    else:
+        directory = Path(args.output_dir or default_output_dir(algorithm, args.env))
+        if (directory / "results.json").exists() or latest_checkpoint(directory):
+            raise ConfigError(
+                f"'{directory}' already holds a run (results.json or checkpoints). Continue it "
+                f"with --resume {directory}, or choose another --output-dir.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write to the output directory '{directory}' ({type(error).__name__}: "
+            f"{error.strerror or error}). Choose a writable one with --output-dir.") from None
+    return directory, checkpoint
+
+
+def args_differences(saved: dict, given: dict) -> list[str]:
+    """'--flag: run had X, this command gives Y' for each argument that differs."""
+    return [f"{flag(name)}: the run had {saved.get(name)!r}, this command gives {given[name]!r}"
+            for name in sorted(given)
+            if name not in NOT_COMPARED_ON_RESUME and saved.get(name) != given[name]]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def chunk_size(updates: int, args, update_multiple: int = 1) -> int:
+    """Updates in the next host call: up to the next evaluation, at most UPDATES_PER_CALL
+    (rounded down to a multiple of the algorithm's update pattern)."""
+    most = max(update_multiple, UPDATES_PER_CALL // update_multiple * update_multiple)
+    next_eval = min((updates // args.eval_interval + 1) * args.eval_interval, args.total_updates)
+    return min(most, next_eval - updates)
+
+
+def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, args,
+          statistics: dict, checkpoint: dict | None = None, update_multiple: int = 1):
+    """Train `states` (all seeds) to args.total_updates and return them.
+
+    train_chunk(states, num_updates) -> (states, metrics), metrics arrays of shape (seeds, steps)
+    evaluate(states) -> returns of shape (seeds, episodes)
+    statistics: the arrays the run normalises and acts with; checkpointed, and on resume
+        compared with the ones recomputed from the dataset.
+    checkpoint: from `prepare_output_dir` when resuming; `states` is then its template.
+    """
+    statistics = {k: np.asarray(v) for k, v in statistics.items()}
+    if checkpoint is not None:
+        changed = [k for k, v in statistics.items()
+                   if not np.array_equal(np.asarray(checkpoint["statistics"].get(k)), v)]
+        if changed:
+            raise CheckpointError(
+                f"The dataset '{args.env}' is not the one the run in '{logger.output_dir}' "
+                f"started with: its {', '.join(changed)} differ from the checkpoint's. Resume "
+                "with the same dataset, or start a new run.")
+        states = restore_states(states, checkpoint["states"])
+
+    def save():
+        payload = {"algorithm": logger.results["algorithm"], "args": args_json(args),
+                   "states": states, "statistics": statistics,
+                   "logger": json.dumps(logger.state_dict())}
+        return save_checkpoint(logger.output_dir, logger.updates, payload, args.keep_checkpoints)
+
+    find_non_finite = jax.jit(non_finite_leaves)
+    with ctrl_c_requests() as ctrl_c:
+        while logger.updates < args.total_updates:
+            first_update = logger.updates
+            num_updates = chunk_size(first_update, args, update_multiple)
+            start = time.perf_counter()
+            new_states, metrics = jax.block_until_ready(train_chunk(states, num_updates))
+            seconds = time.perf_counter() - start
+            metrics = jax.device_get(metrics)
+            problem = divergence(metrics, jax.device_get(find_non_finite(new_states)),
+                                 first_update, num_updates, logger.seeds)
+            if problem:
+                last = latest_checkpoint(logger.output_dir)
+                kept = (f"The last finite checkpoint, {last}, is kept; --resume "
+                        f"{logger.output_dir} would repeat the same divergence, so change "
+                        "something first (e.g. a lower learning rate, or the reward scale)."
+                        if last else "No checkpoint had been written yet.")
+                message = f"Training diverged: {problem}. {kept}"
+                logger.finish("diverged", message)
+                raise TrainingDiverged(message)
+            states = new_states
+            logger.log_training(num_updates, seconds, metrics)
+            evaluation_due = (logger.updates % args.eval_interval == 0
+                              or logger.updates == args.total_updates)
+            if evaluation_due:
+                logger.log_evaluation(evaluate(states))
+            if evaluation_due or ctrl_c.requested:
+                path = save()
+            if ctrl_c.requested and logger.updates < args.total_updates:
+                message = (f"stopped at update {logger.updates} of {args.total_updates}. The "
+                           f"checkpoint {path} and a partial results.json are saved; continue "
+                           f"with: python {Path(sys.argv[0]).as_posix()} --resume "
+                           f"{logger.output_dir}")
+                logger.finish("interrupted", message)
+                raise TrainingInterrupted(message)
+    logger.results["checkpoints"] = [str(p) for p in list_checkpoints(logger.output_dir)]
+    return states
+
+
+def non_finite_leaves(states):
+    """Per leaf of the state, per seed: does it hold a NaN or Inf? (float leaves only)"""
+    def check(x):
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros(x.shape[:1], bool)
+        return ~jnp.isfinite(x.reshape(x.shape[0], -1)).all(1)
+
+    return jax.tree.map(check, states)
+
+
+def divergence(metrics: dict, non_finite, first_update: int, num_updates: int, seeds) -> str | None:
+    """What became non-finite first in one host call, or None.
+
+    metrics[name][seed, step]: step i of a call of `num_updates` updates in `steps` steps ends at
+    update first_update + (i + 1) * num_updates / steps. Where several quantities go at once (a
+    NaN critic makes the actor loss NaN in the same step), all of them are named."""
+    bad_at = {}  # name -> (update at which it is first non-finite, seed index, value)
+    for name, values in metrics.items():
+        values = np.asarray(values)
+        bad = ~np.isfinite(values.reshape(values.shape[0], values.shape[1], -1)).all(-1)
+        if bad.any():
+            seed_index, step = min(zip(*np.nonzero(bad)), key=lambda pair: (pair[1], pair[0]))
+            update = first_update + (step + 1) * (num_updates // values.shape[1])
+            bad_at[name] = (update, seed_index, values[seed_index, step])
+    if bad_at:
+        update, seed_index = min((u, i) for u, i, _ in bad_at.values())
+        names = [n for n, (u, i, _) in bad_at.items() if (u, i) == (update, seed_index)]
+        what = "NaN" if any(np.isnan(bad_at[n][2]).any() for n in names) else "Inf"
+        return (f"{', '.join(names)} of seed {seeds[seed_index]} became {what} at update "
+                f"{update}")
+    for path, flags in jax.tree_util.tree_flatten_with_path(non_finite)[0]:
+        flags = np.asarray(flags)
+        if flags.any():
+            name = jax.tree_util.keystr(path).replace("['", ".").replace("']", "").lstrip(".")
+            return (f"parameter {name} of seed {seeds[int(np.argmax(flags))]} holds NaN or Inf "
+                    f"after update {first_update + num_updates}")
+    return None
+
+
+@contextmanager
+def ctrl_c_requests():
+    """While active, the first SIGINT only sets `.requested` (the loop then saves and stops);
+    a second one raises KeyboardInterrupt at once."""
+
+    class Requests:
+        requested = False
+
+    requests = Requests()
+
+    def handler(signum, frame):
+        if requests.requested:
+            raise KeyboardInterrupt
+        requests.requested = True
+        tqdm.write("Ctrl-C: saving a checkpoint after the current host call (at most "
+                   f"{UPDATES_PER_CALL} updates). Press Ctrl-C again to exit without saving.",
+                   file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C cannot reach this loop anyway
+        yield requests
+        return
+    try:
+        yield requests
+    finally:
+        signal.signal(signal.SIGINT, previous)
