@@ -328,6 +328,8 @@ def main(args: Args) -> dict:
     logger = RunLogger("iql", args, dataset, seeds, output_dir, checkpoint)
     statistics = dict(obs_mean=stats.mean, obs_std=stats.std,
                       action_low=action_scaling.low, action_high=action_scaling.high)
+    # Evaluations, checkpoints, the NaN guard and Ctrl-C are common/training.py's; with --resume
+    # it continues from the checkpoint's state instead of these fresh ones.
     states = train(states, lambda states, n: train_chunk(states, data, n, args),
                    lambda states: evaluate(states.actor.params), logger, args, statistics,
                    checkpoint)

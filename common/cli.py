@@ -32,8 +32,12 @@ def parse_cli(args_class, argv=None, defaults: Callable[[str], object] | None = 
     if first.resume:
         from common.checkpoints import saved_args
 
-        default = args_from_dict(args_class, {**saved_args(first.resume),
-                                              "resume": first.resume, "output_dir": None})
+        try:
+            saved = saved_args(first.resume)
+        except OfflaxError as error:  # e.g. no checkpoint there: said as run_main says it
+            exit_with(error)
+        default = args_from_dict(args_class, {**saved, "resume": first.resume,
+                                              "output_dir": None})
     elif defaults is not None:
         default = defaults(first.env)
     else:
@@ -90,9 +94,13 @@ def run_main(main: Callable, args) -> None:
     try:
         main(args)
     except OfflaxError as error:
-        print(f"{error.label}: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
+        exit_with(error)
     except KeyboardInterrupt:
         print("\ninterrupted: exiting without saving; the latest checkpoint is the last one "
               "written.", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def exit_with(error: OfflaxError):
+    print(f"{error.label}: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code) from None

@@ -360,6 +360,8 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
     assert output.strip().startswith("error: Dataset") and "Traceback" not in output
     code, output = finish(start("bc", "--num-seeds", "0"))
     assert (code, output.strip()) == (2, "error: --num-seeds must be at least 1, got 0.")
+    code, output = finish(start("iql", "--resume", str(tmp_path / "no-run-here")))
+    assert code == 2 and output.startswith("error: Cannot resume from") and "Traceback" not in output
 
 
 # --------------------------------------------------------------------------------------------
