@@ -68,10 +68,10 @@ class RunLogger:
                  checkpoint: dict | None = None):
         from tensorboardX import SummaryWriter
 
+        check_reference_scores(dataset.info)  # before training, not at the first evaluation
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.info = dataset.info
-        check_reference_scores(self.info)  # before training, not at the first evaluation
         self.seeds = [int(s) for s in seeds]
         self.start = time.perf_counter()
         self.first_call = None  # (updates, seconds) of this process's first host call (compiles)

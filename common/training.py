@@ -80,11 +80,14 @@ def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
             raise ConfigError(
                 f"'{directory}' already holds a run (results.json or checkpoints). Continue it "
                 f"with --resume {directory}, or choose another --output-dir.")
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".write-test"
         probe.write_text("")
         probe.unlink()
+        for new_directory in created:  # deepest first: a run that fails on its input leaves none
+            new_directory.rmdir()
     except OSError as error:
         raise ConfigError(
             f"Cannot write to the output directory '{directory}' ({type(error).__name__}: "

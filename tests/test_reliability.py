@@ -289,7 +289,7 @@ def test_missing_reference_scores_fail_before_training(tmp_path, capsys):
     path = write_hdf5(tmp_path / "custom-data.hdf5")
     expect_bad_input(capsys, "bc", small_args("bc", tmp_path / "out", env=path),
                      "has no reference scores")
-    assert not list_checkpoints(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_actions_outside_the_action_space_are_clipped_with_a_warning():
