@@ -154,10 +154,11 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                                  first_update, num_updates, logger.seeds)
             if problem:
                 last = latest_checkpoint(logger.output_dir)
-                kept = (f"The last finite checkpoint, {last}, is kept; --resume "
-                        f"{logger.output_dir} would repeat the same divergence, so change "
-                        "something first (e.g. a lower learning rate, or the reward scale)."
+                kept = (f"The last finite checkpoint, {last}, is kept (`python -m "
+                        f"common.evaluate {logger.output_dir}` evaluates its policy)."
                         if last else "No checkpoint had been written yet.")
+                kept += (" Resuming would diverge again at the same update: start a new run "
+                         "with a change, e.g. a lower learning rate or another reward scale.")
                 message = f"Training diverged: {problem}. {kept}"
                 logger.finish("diverged", message)
                 raise TrainingDiverged(message)
