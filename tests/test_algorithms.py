@@ -111,6 +111,9 @@ def test_outputs_results_tensorboard_and_a_policy_that_evaluates_again(tmp_path)
     assert on_disk["algorithm"] == "td3_bc" and on_disk["env"] == EXPERT
     assert on_disk["args"]["num_seeds"] == 2 and on_disk["seeds"] == [3, 4]
     assert [e["update"] for e in on_disk["evaluations"]] == [300, 600]
+    assert on_disk["status"] == "finished"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint_000000300.msgpack", "checkpoint_000000600.msgpack"]
     assert len(on_disk["evaluations"][-1]["normalized_score"]) == 2
     assert on_disk["versions"]["jax"] == jax.__version__
     assert list(out.glob("events.out.tfevents.*"))

@@ -174,7 +174,7 @@ def test_keeps_the_last_k_checkpoints_and_ignores_unfinished_writes(tmp_path):
     # a damaged checkpoint is reported, with the way back to the previous one
     list_checkpoints(tmp_path)[-1].write_bytes(b"\x85\xa3not a checkpoint")
     with pytest.raises(CheckpointError, match="Delete it to resume from the previous checkpoint"):
-        bc.main(parse_cli(bc.Args, ["--resume", str(tmp_path)]))
+        bc.main(bc.Args(resume=str(tmp_path)))
 
 
 # --------------------------------------------------------------------------------------------
