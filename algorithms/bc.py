@@ -36,7 +36,7 @@ from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
 from common.normalization import ObservationStatistics, observation_statistics
 from common.training import prepare_output_dir, train
-from common.transitions import sample_batch, transitions_on_device
+from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,8 @@ def train_chunk(states: BCState, data, num_updates: int, args: Args):
 
 
 def top_trajectories(dataset: Dataset, fraction: float) -> np.ndarray:
-    """Indices of the transitions of the ceil(fraction * episodes) highest-return episodes."""
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"--top-fraction must be in (0, 1], got {fraction}.")
+    """Indices of the transitions of the ceil(fraction * episodes) highest-return episodes,
+    0 < fraction <= 1 (main checks --top-fraction before loading the dataset)."""
     returns, starts = dataset.episode_returns(), dataset.episode_starts()
     lengths = dataset.episode_lengths()
     keep = np.argsort(-returns, kind="stable")[: int(np.ceil(fraction * len(returns)))]
@@ -209,7 +208,7 @@ def main(args: Args) -> dict:
              else ObservationStatistics.identity(obs_dim))
     data = transitions_on_device(dataset, stats, action_scaling)
     if args.policy == "gaussian":  # log pi(a|s) at the box's edge, as IQL: clip to 1 - 1e-5
-        data["actions"] = jnp.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+        data["actions"] = jnp.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)

@@ -40,7 +40,7 @@ from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
 from common.normalization import ObservationStatistics, iql_reward_scale, observation_statistics
 from common.training import prepare_output_dir, train
-from common.transitions import sample_batch, transitions_on_device
+from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def main(args: Args) -> dict:
                                  rewards=transformed_rewards(dataset, args.reward_transform))
     # log pi(a|s) of a Gaussian with tanh mean is finite at the box's edge; the authors still
     # clip dataset actions to 1 - 1e-5 (D4RL's convention), and so do we.
-    data["actions"] = jnp.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    data["actions"] = jnp.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
