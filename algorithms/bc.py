@@ -12,7 +12,7 @@ and then does BC on them. With `top_fraction = 1` this is plain BC.
 Defaults follow CORL's any_percent_bc.py (Tarasov et al., "CORL", NeurIPS 2023 Datasets and
 Benchmarks), the reference the TD3+BC and IQL papers' BC baselines are usually reproduced with:
 a deterministic tanh actor, MSE, Adam 3e-4, batch 256, normalised states.
-Run: python algorithms/bc.py --env offlax/hopper/medium-replay-v0 --top-fraction 0.1
+Run: python algorithms/bc.py --env offlax/hopper/medium-replay-v1 --top-fraction 0.1
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ its deterministic action is the mean.
 
 Authors' code: https://github.com/ikostrikov/implicit_q_learning (learner.py, critic.py, actor.py,
 train_offline.py, configs/). Per-dataset overrides (AntMaze) are in DATASET_OVERRIDES below.
-Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v0 --num-seeds 3
+Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 """
 
 from __future__ import annotations

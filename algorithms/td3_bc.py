@@ -16,7 +16,7 @@ and the actor and the target networks (Polyak, tau) are updated after every `pol
 critic update. Actions live in [-1, 1] (common/evaluation.py maps them to the env's bounds).
 
 Authors' code: https://github.com/sfujim/TD3_BC (TD3_BC.py, main.py).
-Run: python algorithms/td3_bc.py --env offlax/hopper/medium-replay-v0 --num-seeds 3
+Run: python algorithms/td3_bc.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 """
 
 from __future__ import annotations

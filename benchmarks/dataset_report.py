@@ -26,7 +26,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import behaviour  # noqa: E402
+from common.datasets import generated  # noqa: E402
 from common.datasets import load_dataset, normalized_score  # noqa: E402
 
 
@@ -34,7 +34,7 @@ from common.datasets import load_dataset, normalized_score  # noqa: E402
 class Args:
     envs: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah")
     """Environments to report on."""
-    levels: tuple[str, ...] = behaviour.LEVELS
+    levels: tuple[str, ...] = generated.LEVELS
     """Levels to report on (random and expert are needed for TQ)."""
     size: int | None = None
     """Size suffix of the datasets (as given to generate_datasets.py)."""
@@ -66,7 +66,7 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
     import matplotlib.pyplot as plt
 
     datasets = {
-        level: load_dataset(behaviour.OfflaxSpec(env, level, args.size).dataset_id)
+        level: load_dataset(generated.OfflaxSpec(env, level, args.size).dataset_id)
         for level in args.levels
     }
     pairs = {

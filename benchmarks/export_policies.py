@@ -26,7 +26,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import behaviour  # noqa: E402
+from common.datasets import generated, policies  # noqa: E402
 
 
 @dataclass
@@ -60,8 +60,8 @@ def load_snapshot(run_dir: Path, step: int) -> dict:
 
 
 def evaluate(env_id, params, action_space, episodes, deterministic=True, seed=2024):
-    policy = behaviour.TanhGaussianPolicy(params, action_space.low, action_space.high)
-    return behaviour.average_return(env_id, policy, episodes, seed, deterministic)
+    policy = policies.TanhGaussianPolicy(params, action_space.low, action_space.high)
+    return generated.average_return(env_id, policy, episodes, seed, deterministic)
 
 
 def main(args: Args):
@@ -125,8 +125,8 @@ def main(args: Args):
         schedule.append([name, end - step])
 
     print(f"reference scores over {args.ref_episodes} episodes ...")
-    ref_min = behaviour.average_return(
-        env_id, behaviour.UniformPolicy(action_space.low, action_space.high),
+    ref_min = generated.average_return(
+        env_id, policies.UniformPolicy(action_space.low, action_space.high),
         args.ref_episodes, seed=1, deterministic=False,
     )  # fmt: skip
     ref_max = evaluate(env_id, params["expert"], action_space, args.ref_episodes, seed=2)
@@ -146,8 +146,8 @@ def main(args: Args):
         "sac_config": config,
         "learning_curve": curve,
     }
-    output = Path(args.output or behaviour.POLICY_DIR / f"{args.env_key}.npz")
-    behaviour.save_policies(output, env_id, params, meta)
+    output = Path(args.output or policies.POLICY_DIR / f"{args.env_key}.npz")
+    policies.save_policies(output, env_id, params, meta)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {len(params)} policies")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import behaviour  # noqa: E402
+from common.datasets import policies  # noqa: E402
 
 
 @dataclass
@@ -32,11 +32,11 @@ def main(args: Args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = [e for e in args.envs if e in behaviour.available_envs()]
+    envs = [e for e in args.envs if e in policies.available_envs()]
     fig, axes = plt.subplots(1, len(envs), figsize=(4 * len(envs), 3.2))
     rows = []
     for ax, env in zip(axes if len(envs) > 1 else [axes], envs):
-        meta = behaviour.load_policies(env).meta
+        meta = policies.load_policies(env).meta
         steps, returns = zip(*meta["learning_curve"])
         ax.plot(steps, returns, lw=1.2)
         for key, colour in (("medium", "tab:orange"), ("expert", "tab:green")):

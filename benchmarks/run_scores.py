@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
 ALGORITHMS = ("bc", "td3_bc", "iql")
-DATASETS = ("offlax/hopper/medium-replay-v0", "offlax/walker2d/medium-v0",
-            "offlax/halfcheetah/medium-expert-v0")
+DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",
+            "offlax/halfcheetah/medium-expert-v1")
 
 
 def score_file(algorithm: str, env: str) -> Path:

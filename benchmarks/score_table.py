@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -23,11 +24,32 @@ def load_runs() -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(SCORES_DIR.glob("*.json"))]
 
 
+def previous_version(env: str) -> str | None:
+    """`offlax/<env>/<level>-v1` -> `-v0`: the same dataset from offlax's previous generator."""
+    match = re.fullmatch(r"(offlax/.+-v)(\d+)", env)
+    return f"{match[1]}{int(match[2]) - 1}" if match and int(match[2]) > 0 else None
+
+
+def find_run(by_key: dict, algorithm: str, env: str) -> tuple[dict | None, dict | None]:
+    """The run on `env` itself, and the run on its previous version (which stands in, marked,
+    until the current version has been run)."""
+    older = previous_version(env)
+    return by_key.get((algorithm, env)), by_key.get((algorithm, older)) if older else None
+
+
+def score_cell(run: dict) -> str:
+    final = run["final"]
+    seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
+    return (f"**{final['normalized_score_mean']:.1f}** ± {final['normalized_score_std']:.1f} "
+            f"({seeds})")
+
+
 def main():
     runs = load_runs()
     if not runs:
         raise SystemExit("no runs in benchmarks/results/scores/: run benchmarks/run_scores.py first")
-    envs = list(dict.fromkeys([*DATASETS, *(r["env"] for r in runs)]))
+    older = {previous_version(env) for env in DATASETS} - {None}
+    envs = list(dict.fromkeys([*DATASETS, *(r["env"] for r in runs if r["env"] not in older)]))
     algorithms = list(dict.fromkeys([*ALGORITHMS, *(r["algorithm"] for r in runs)]))
     by_key = {(r["algorithm"], r["env"]): r for r in runs}
     report = RESULTS / "datasets" / "report.json"
@@ -39,7 +61,11 @@ def main():
         "",
         "Final evaluation (10 deterministic episodes per seed), D4RL-normalised with the dataset's "
         "reference scores: mean ± std over seeds, then each seed. Written by "
-        "`benchmarks/score_table.py` from `benchmarks/results/scores/*.json` (one file per run).",
+        "`benchmarks/score_table.py` from `benchmarks/results/scores/*.json` (one file per run). "
+        "A cell marked † was measured on the dataset's previous version (`-v0`, the previous "
+        "generator's data, which differed from machine to machine); it stands in until the "
+        "current version has been run. Where both exist, the cell shows the current one and the "
+        "previous one after it.",
         "",
         "| dataset | data (mean episode) | " + " | ".join(algorithms) + " |",
         "|---|---:|" + "---:|" * len(algorithms),
@@ -47,19 +73,21 @@ def main():
     for env in envs:
         cells = []
         for algorithm in algorithms:
-            run = by_key.get((algorithm, env))
-            if run is None or "final" not in run:
-                cells.append("pending")
-                continue
-            final = run["final"]
-            seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
-            mean, std = final["normalized_score_mean"], final["normalized_score_std"]
-            cells.append(f"**{mean:.1f}** ± {std:.1f} ({seeds})")
+            run, previous = find_run(by_key, algorithm, env)
+            if run is not None and "final" in run:
+                cell = score_cell(run)
+                if previous is not None and "final" in previous:
+                    cell += f"; v0: {score_cell(previous)}"
+            elif previous is not None and "final" in previous:
+                cell = f"{score_cell(previous)} †"
+            else:
+                cell = "pending"
+            cells.append(cell)
         data = f"{data_scores[env]:.1f}" if env in data_scores else ""
         lines.append(f"| `{env}` | {data} | " + " | ".join(cells) + " |")
     lines += ["", "| run | updates | seeds | updates/s | wall | device |",
               "|---|---:|---:|---:|---:|---|"]
-    for env in envs:
+    for env in [*envs, *sorted(older)]:
         for algorithm in algorithms:
             run = by_key.get((algorithm, env))
             if run is not None:
@@ -73,15 +101,17 @@ def main():
     figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for color, algorithm in enumerate(algorithms):  # one colour per algorithm in every panel
-            run = by_key.get((algorithm, env))
-            if run is None or not run["evaluations"]:
+            run, previous = find_run(by_key, algorithm, env)
+            for style, label, shown in (("-", algorithm, run), ("--", f"{algorithm} (v0)", previous)):
+                if shown is None or not shown["evaluations"]:
+                    continue
+                updates = np.array([e["update"] for e in shown["evaluations"]])
+                scores = np.array([e["normalized_score"] for e in shown["evaluations"]])
+                mean, std = scores.mean(1), scores.std(1)
+                ax.plot(updates, mean, style, color=f"C{color}", label=label)
+                ax.fill_between(updates, mean - std, mean + std, color=f"C{color}", alpha=0.15)
+            if run is None and previous is None:
                 ax.plot([], [], color=f"C{color}", label=f"{algorithm} (pending)")
-                continue
-            updates = np.array([e["update"] for e in run["evaluations"]])
-            scores = np.array([e["normalized_score"] for e in run["evaluations"]])
-            mean, std = scores.mean(1), scores.std(1)
-            ax.plot(updates, mean, color=f"C{color}", label=algorithm)
-            ax.fill_between(updates, mean - std, mean + std, color=f"C{color}", alpha=0.2)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)

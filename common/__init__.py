@@ -1,6 +1,14 @@
 """offlax's shared, non-algorithm code.
 
-common.datasets       load_dataset, Dataset, normalized_score, the DatasetError family
+common.datasets       load_dataset, Dataset, normalized_score, fingerprint, the DatasetError
+                      family; one module per source:
+  .core               Dataset, DatasetInfo, checks, normalised score, fingerprint, errors
+  .minari_store       the local Minari directory, downloads, flat-array cache
+  .d4rl_hdf5          D4RL's own HDF5 files
+  .d4rl_names         the D4RL name -> Minari id table and D4RL's reference scores
+  .generated          offlax's D4RL-style datasets: rollouts, builds, reference fingerprints
+  .policies           the committed behaviour policies (common/policies/*.npz)
+  .portable_math      float arithmetic with the same bits on every machine
 common.normalization  observation statistics, action scaling, IQL reward scaling
 common.transitions    the training arrays on the device, minibatch sampling inside jit
 common.evaluation     vectorised evaluation of all seeds at once
@@ -10,6 +18,4 @@ common.checkpoints    checkpoint files: atomic writes, the last k kept, restore
 common.cli            argument parsing with --resume, shared checks, exit codes
 common.errors         OfflaxError, the family of errors a user can fix
 common.evaluate       `python -m common.evaluate RUN_DIR`: evaluate a saved policy, record video
-common.behaviour      offlax's D4RL-style datasets from committed behaviour policies
-common.d4rl_names     the D4RL name -> Minari id table and D4RL's reference scores
 """

@@ -86,7 +86,8 @@ class RunLogger:
                         "env_id": self.info.env_id, "transitions": dataset.size,
                         "ref_min_score": self.info.ref_min_score,
                         "ref_max_score": self.info.ref_max_score,
-                        "ref_score_source": self.info.ref_score_source},
+                        "ref_score_source": self.info.ref_score_source,
+                        "fingerprint": self.info.fingerprint},
             "args": dataclasses.asdict(args),
             "seeds": self.seeds,
             "versions": library_versions(),
@@ -116,7 +117,8 @@ class RunLogger:
         """What a checkpoint keeps of the logger (JSON-able; floats round-trip exactly)."""
         return {"updates": self.updates, "timed": list(self.timed),
                 "wall_seconds": self.wall_seconds(), "evaluations": self.results["evaluations"],
-                "started": self.results["started"], "resumed": self.results.get("resumed", [])}
+                "started": self.results["started"], "resumed": self.results.get("resumed", []),
+                "dataset_fingerprint": self.info.fingerprint}
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.start

@@ -128,6 +128,9 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
     if checkpoint is not None:
         changed = [k for k, v in statistics.items()
                    if not np.array_equal(np.asarray(checkpoint["statistics"].get(k)), v)]
+        saved_fingerprint = json.loads(checkpoint["logger"]).get("dataset_fingerprint")
+        if saved_fingerprint not in (None, logger.info.fingerprint):
+            changed.append(f"fingerprint ({saved_fingerprint}, now {logger.info.fingerprint})")
         if changed:
             raise CheckpointError(
                 f"The dataset '{args.env}' is not the one the run in '{logger.output_dir}' "

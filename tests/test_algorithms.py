@@ -28,8 +28,8 @@ import td3_bc  # noqa: E402
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
 SHARED_FLAGS = ("env", "seed", "num_seeds", "total_updates", "eval_interval", "eval_episodes",
                 "batch_size", "hidden_dims", "output_dir", "resume", "keep_checkpoints")
-EXPERT = "offlax/invertedpendulum/expert-5000-v0"  # 5 episodes of return 1000
-MEDIUM_REPLAY = "offlax/invertedpendulum/medium-replay-v0"  # SAC's buffer up to its medium policy
+EXPERT = "offlax/invertedpendulum/expert-5000-v1"  # 5 episodes of return 1000
+MEDIUM_REPLAY = "offlax/invertedpendulum/medium-replay-v1"  # SAC's buffer up to its medium policy
 
 
 pytestmark = pytest.mark.usefixtures("generated_datasets")
@@ -67,7 +67,7 @@ def test_every_flag_is_documented_in_help(name):
 
 
 def test_iql_dataset_overrides_are_defaults_that_flags_override():
-    assert iql.parse_args(["--env", "offlax/hopper/medium-v0"]).reward_transform == "return-range"
+    assert iql.parse_args(["--env", "offlax/hopper/medium-v1"]).reward_transform == "return-range"
     assert iql.parse_args(["--env", MEDIUM_REPLAY]).reward_transform == "none"
     antmaze = iql.parse_args(["--env", "antmaze-umaze-v2", "--temperature", "5"])
     assert (antmaze.expectile, antmaze.temperature, antmaze.reward_transform) == (0.9, 5.0, "minus-one")
@@ -116,6 +116,7 @@ def test_outputs_results_tensorboard_and_a_policy_that_evaluates_again(tmp_path)
         "checkpoint_000000300.msgpack", "checkpoint_000000600.msgpack"]
     assert len(on_disk["evaluations"][-1]["normalized_score"]) == 2
     assert on_disk["versions"]["jax"] == jax.__version__
+    assert on_disk["dataset"]["fingerprint"] == load_dataset(EXPERT).info.fingerprint
     assert list(out.glob("events.out.tfevents.*"))
 
     # the saved policy, loaded by a later process, reproduces the final evaluation

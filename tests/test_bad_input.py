@@ -24,12 +24,12 @@ def test_unknown_name_lists_close_matches():
 
 def test_unknown_offlax_dataset_lists_close_matches():
     with pytest.raises(UnknownDatasetError) as error:
-        load_dataset("offlax/invertedpendulum/meduim-v0")
-    assert "offlax/invertedpendulum/medium-v0" in str(error.value)
+        load_dataset("offlax/invertedpendulum/meduim-v1")
+    assert "offlax/invertedpendulum/medium-v1" in str(error.value)
 
 
 def test_d4rl_name_without_minari_successor_points_to_the_offlax_equivalent():
-    with pytest.raises(DatasetUnavailableError, match="offlax/walker2d/medium-replay-v0"):
+    with pytest.raises(DatasetUnavailableError, match="offlax/walker2d/medium-replay-v1"):
         load_dataset("walker2d-medium-replay-v2")
 
 
@@ -49,7 +49,7 @@ def test_d4rl_name_offline_suggests_the_offlax_equivalent(minari_dir, monkeypatc
     with pytest.raises(DatasetUnavailableError) as error:
         load_dataset("hopper-medium-v2")
     assert "mujoco/hopper/medium-v0" in str(error.value)
-    assert "offlax/hopper/medium-v0" in str(error.value)
+    assert "offlax/hopper/medium-v1" in str(error.value)
 
 
 def test_remote_minari_id_with_unreachable_hub_fails_fast(minari_dir, monkeypatch):
@@ -65,7 +65,7 @@ def test_hanging_hub_is_cut_by_the_probe_timeout(minari_dir, monkeypatch):
     # A listening socket that never accepts: the probe must time out, not hang.
     import socket
 
-    import common.datasets as datasets
+    from common.datasets import minari_store
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -78,7 +78,7 @@ def test_hanging_hub_is_cut_by_the_probe_timeout(minari_dir, monkeypatch):
             s.connect_ex(server.getsockname())
             fillers.append(s)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT_S", 1.0)
+        monkeypatch.setattr(minari_store, "DOWNLOAD_TIMEOUT_S", 1.0)
         start = time.time()
         try:
             load_dataset("mujoco/pusher/expert-v0")

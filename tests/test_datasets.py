@@ -60,7 +60,7 @@ def test_d4rl_name_maps_to_its_minari_successor(minari_dir):
 
 
 def test_goal_conditioned_dict_observations_are_flattened():
-    from common.datasets import _flatten_observations
+    from common.datasets.minari_store import _flatten_observations
 
     obs = {
         "achieved_goal": np.zeros((2, 2)),
@@ -190,16 +190,16 @@ def test_hdf5_fields_of_different_lengths(tmp_path):
 def test_flat_cache_is_used_and_invalidated_when_the_data_changes(minari_dir, monkeypatch):
     import os
 
-    import common.datasets as datasets
+    from common.datasets import minari_store
 
     create_minari("test/pend/cached-v0", [(4, True, False), (3, False, True)], (0.0, 1.0))
     first = load_dataset("test/pend/cached-v0")
-    assert (minari_dir / "test/pend/cached-v0" / datasets.FLAT_CACHE).exists()
+    assert (minari_dir / "test/pend/cached-v0" / minari_store.FLAT_CACHE).exists()
 
     def no_episode_reads(*args):
         raise AssertionError("episodes were read although the cache is valid")
 
-    monkeypatch.setattr(datasets, "_flatten_minari_episodes", no_episode_reads)
+    monkeypatch.setattr(minari_store, "flatten_episodes", no_episode_reads)
     second = load_dataset("test/pend/cached-v0")
     for field in ("observations", "actions", "rewards", "next_observations", "terminals",
                   "timeouts"):  # fmt: skip
@@ -211,8 +211,8 @@ def test_flat_cache_is_used_and_invalidated_when_the_data_changes(minari_dir, mo
 
 
 @pytest.mark.parametrize("d4rl_name, minari_id, offlax_id, family", [
-    ("hopper-medium-v2", "mujoco/hopper/medium-v0", "offlax/hopper/medium-v0", "hopper"),
-    ("halfcheetah-medium-replay-v2", None, "offlax/halfcheetah/medium-replay-v0", "halfcheetah"),
+    ("hopper-medium-v2", "mujoco/hopper/medium-v0", "offlax/hopper/medium-v1", "hopper"),
+    ("halfcheetah-medium-replay-v2", None, "offlax/halfcheetah/medium-replay-v1", "halfcheetah"),
     ("ant-expert-v2", "mujoco/ant/expert-v0", None, "ant"),
     ("antmaze-umaze-diverse-v2", "D4RL/antmaze/umaze-diverse-v1", None, "antmaze"),
     ("door-human-v1", "D4RL/door/human-v2", None, "door"),
@@ -220,7 +220,7 @@ def test_flat_cache_is_used_and_invalidated_when_the_data_changes(minari_dir, mo
     ("maze2d-large-dense-v1", "D4RL/pointmaze/large-dense-v2", None, "maze2d-large-dense"),
 ])  # fmt: skip
 def test_d4rl_name_table(d4rl_name, minari_id, offlax_id, family):
-    from common.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES, reference_family
+    from common.datasets.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES, reference_family
 
     entry = D4RL_NAMES[d4rl_name]
     assert (entry.minari_id, entry.offlax_id, entry.family) == (minari_id, offlax_id, family)

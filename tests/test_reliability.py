@@ -34,7 +34,7 @@ from common.transitions import unit_actions  # noqa: E402
 pytestmark = pytest.mark.usefixtures("generated_datasets")
 
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
-EXPERT = "offlax/invertedpendulum/expert-5000-v0"
+EXPERT = "offlax/invertedpendulum/expert-5000-v1"
 SMALL = dict(env=EXPERT, hidden_dims=(32, 32), eval_episodes=2, batch_size=64)
 
 

@@ -2,8 +2,8 @@
 
 D4RL (Fu et al., 2020) is no longer maintained; Farama's Minari hosts its successors. Where Minari
 has no successor (the MuJoCo `random`, `medium-replay`, `medium-expert` and `full-replay` sets),
-offlax generates a D4RL-style equivalent locally (`offlax/<env>/<level>-v0`, see
-`common/behaviour.py`); the table names it so that an error can point there.
+offlax generates a D4RL-style equivalent locally (`offlax/<env>/<level>-v1`, see
+`generated.py`); the table names it so that an error can point there.
 
 Reference scores are D4RL's published constants (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE):
 the return of a uniformly random policy and of D4RL's expert policy. They are the fallback for a
@@ -56,7 +56,7 @@ def _build_table() -> dict[str, D4RLName]:
         for level in ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay"):
             minari_id = f"mujoco/{env}/{level}-v0" if level in ("medium", "expert") else None
             offlax_id = (
-                f"offlax/{env}/{level}-v0"
+                f"offlax/{env}/{level}-v1"
                 if env in generated_envs and level != "full-replay"
                 else None
             )

@@ -1,0 +1,98 @@
+"""D4RL's own HDF5 files (`hopper_medium-v2.hdf5`, `door-human-v0.hdf5`, ...)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from common.datasets.core import (
+    Dataset,
+    DatasetFormatError,
+    DatasetInfo,
+    DatasetUnavailableError,
+)
+from common.datasets.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES
+
+_D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+
+
+def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Dataset:
+    """Read a file in D4RL's own HDF5 layout.
+
+    D4RL marks an episode end with `terminals` (the MDP ended) or `timeouts` (a time limit);
+    files made before `timeouts` existed have only `terminals`. Where `next_observations` is
+    absent, s' is the next row's observation, as in d4rl.qlearning_dataset: a timeout row has no
+    known s' (the next row starts a new episode) and is dropped, making the row before it the
+    episode's last (a timeout); a trailing row after the last marked end is dropped likewise.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetUnavailableError(f"D4RL file '{path}' does not exist.")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetFormatError(
+            f"'{path}' is not a readable HDF5 file ({error}). Download it again."
+        ) from None
+    with file:
+        missing = [k for k in _D4RL_REQUIRED_KEYS if k not in file]
+        if missing:
+            raise DatasetFormatError(
+                f"'{path}' is not in D4RL's layout: missing key(s) {', '.join(missing)} "
+                f"(found: {', '.join(sorted(file.keys()))})."
+            )
+        data = {k: file[k][()] for k in (*_D4RL_REQUIRED_KEYS, "timeouts", "next_observations")
+                if k in file}  # fmt: skip
+        attrs = dict(file.attrs)
+    lengths = {k: len(v) for k, v in data.items()}
+    if len(set(lengths.values())) != 1:
+        raise DatasetFormatError(f"'{path}' has fields of different lengths: {lengths}.")
+    n = len(data["rewards"])
+    if n == 0:
+        raise DatasetFormatError(f"Dataset '{path}' is empty: it holds no transitions to train on.")
+    observations = np.asarray(data["observations"], np.float32).reshape(n, -1)
+    actions = np.asarray(data["actions"], np.float32).reshape(n, -1)
+    terminals = np.asarray(data["terminals"], bool).reshape(-1)
+    timeouts = np.asarray(data.get("timeouts", np.zeros(n, bool)), bool).reshape(-1) & ~terminals
+    rewards = np.asarray(data["rewards"], np.float32).reshape(-1)
+
+    if "next_observations" in data:
+        next_observations = np.asarray(data["next_observations"], np.float32).reshape(n, -1)
+        keep = np.ones(n, bool)
+        timeouts[-1] |= not terminals[-1]
+    else:
+        # s'_t = s_{t+1}; at a terminal row it is never bootstrapped from, and the last row's
+        # own observation stands in where no next row exists.
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+        keep = ~timeouts
+        keep[-1] &= bool(terminals[-1])  # a trailing non-terminal row has no known s'
+        # The kept row before a dropped one is where that episode now stops.
+        dropped = np.flatnonzero(~keep)
+        before = dropped - 1
+        before = before[(before >= 0) & keep[np.maximum(before, 0)]]
+        timeouts = np.zeros(n, bool)
+        timeouts[before] = ~terminals[before]
+    if not keep.any():
+        raise DatasetFormatError(f"'{path}' holds no usable transitions.")
+    family = _family_from_filename(path.name)
+    ref_min, ref_max = D4RL_REFERENCE_SCORES.get(family, (None, None))
+    info = DatasetInfo(
+        name=str(path), source="d4rl-hdf5", dataset_id=str(path),
+        env_id=env_id or attrs.get("env_id") or None, ref_min_score=ref_min,
+        ref_max_score=ref_max, ref_score_source=f"D4RL constants ({family})" if family else "none",
+    )  # fmt: skip
+    return Dataset(
+        observations[keep], actions[keep], rewards[keep], next_observations[keep],
+        terminals[keep], timeouts[keep], info,
+    )  # fmt: skip
+
+
+def _family_from_filename(filename: str) -> str | None:
+    """`door-human-v0.hdf5` -> `door`: D4RL names its files after the dataset."""
+    stem = filename.rsplit(".", 1)[0]
+    entry = D4RL_NAMES.get(stem)
+    return entry.family if entry else None
