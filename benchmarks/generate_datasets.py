@@ -75,7 +75,8 @@ def main(args: Args):
     unknown = sorted(set(args.envs) - set(generated.available_envs()))
     if unknown:
         raise SystemExit(f"no behaviour policies for {unknown}; have {generated.available_envs()}")
-    specs = [generated.OfflaxSpec(env, level, args.size) for env in args.envs for level in args.levels]
+    specs = [generated.OfflaxSpec(env, level, args.size)
+             for env in args.envs for level in args.levels]
     if args.force:
         for spec in specs:
             if minari_local_exists(spec.dataset_id):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -102,7 +103,8 @@ def main():
     for ax, env in zip(axes[0], envs):
         for color, algorithm in enumerate(algorithms):  # one colour per algorithm in every panel
             run, previous = find_run(by_key, algorithm, env)
-            for style, label, shown in (("-", algorithm, run), ("--", f"{algorithm} (v0)", previous)):
+            lines_of_runs = (("-", algorithm, run), ("--", f"{algorithm} (v0)", previous))
+            for style, label, shown in lines_of_runs:
                 if shown is None or not shown["evaluations"]:
                     continue
                 updates = np.array([e["update"] for e in shown["evaluations"]])
@@ -123,4 +125,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

@@ -147,9 +147,8 @@ def test_pyproject_admits_exactly_the_reference_build_versions():
 
 def test_fingerprint_covers_every_field_and_its_layout():
     rng = np.random.default_rng(3)
-    arrays = [rng.normal(size=(6, 2)).astype(np.float32), rng.normal(size=(6, 1)).astype(np.float32),
-              rng.normal(size=6).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32),
-              np.zeros(6, bool), np.eye(6, dtype=bool)[-1]]  # fmt: skip
+    arrays = [rng.normal(size=shape).astype(np.float32) for shape in ((6, 2), (6, 1), 6, (6, 2))]
+    arrays += [np.zeros(6, bool), np.eye(6, dtype=bool)[-1]]
     base = fingerprint(arrays)
     assert len(base) == 16 and base == fingerprint([a.copy() for a in arrays])
     for i in range(6):

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common.datasets import generated, policies  # noqa: E402
+from common.datasets import policies  # noqa: E402
 from common.datasets import load_dataset, normalized_score  # noqa: E402
 
 
