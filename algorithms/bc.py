@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
@@ -42,7 +43,7 @@ from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
 @dataclass(frozen=True)
 class Args:
     env: str = DEFAULT_DATASET
-    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets.py)"""
+    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets/)"""
     seed: int = 0
     """seed of the first agent; agent k of --num-seeds N uses seed + k"""
     num_seeds: int = 1
@@ -57,8 +58,9 @@ class Args:
     """minibatch size (CORL any_percent_bc.py: 256)"""
     hidden_dims: tuple[int, ...] = (256, 256)
     """hidden layers of the policy (CORL any_percent_bc.py: 256, 256)"""
-    output_dir: str | None = None
-    """output directory (default runs/bc/<env>/<date-time>)"""
+    output_dir: Annotated[str | None, tyro.conf.arg(
+        metavar="DIR", help_behavior_hint="(default: runs/bc/<env>/<date-time>)")] = None
+    """output directory"""
     resume: str | None = None
     """output directory of an earlier run to continue from its latest checkpoint, with its own
     arguments (other flags must agree with them)"""
@@ -201,7 +203,10 @@ def main(args: Args) -> dict:
     action_scaling = env_action_scaling(dataset)
     if args.top_fraction < 1.0:
         kept = top_trajectories(dataset, args.top_fraction)
-        print(f"{args.top_fraction:.0%}-BC: {len(kept)} of {dataset.size} transitions kept.")
+        episodes = len(dataset.episode_returns())
+        print(f"{100 * args.top_fraction:g}%-BC: the {int(np.ceil(args.top_fraction * episodes))} "
+              f"highest-return of {episodes} trajectories, {len(kept)} of {dataset.size} "
+              "transitions.")
         dataset = dataset.subset(kept)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
@@ -212,7 +217,8 @@ def main(args: Args) -> dict:
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
-    states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    # jitted: initialising every seed is one compilation, not one per operation
+    states = jax.jit(jax.vmap(init))(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
                          args.eval_episodes, action_scaling)

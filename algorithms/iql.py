@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
@@ -46,7 +47,7 @@ from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
 @dataclass(frozen=True)
 class Args:
     env: str = DEFAULT_DATASET
-    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets.py)"""
+    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets/)"""
     seed: int = 0
     """seed of the first agent; agent k of --num-seeds N uses seed + k"""
     num_seeds: int = 1
@@ -61,8 +62,9 @@ class Args:
     """minibatch size (paper App. B: 256)"""
     hidden_dims: tuple[int, ...] = (256, 256)
     """hidden layers of the policy, the Q-functions and V (paper App. B: 256, 256)"""
-    output_dir: str | None = None
-    """output directory (default runs/iql/<env>/<date-time>)"""
+    output_dir: Annotated[str | None, tyro.conf.arg(
+        metavar="DIR", help_behavior_hint="(default: runs/iql/<env>/<date-time>)")] = None
+    """output directory"""
     resume: str | None = None
     """output directory of an earlier run to continue from its latest checkpoint, with its own
     arguments (other flags must agree with them)"""
@@ -321,7 +323,8 @@ def main(args: Args) -> dict:
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
-    states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    # jitted: initialising every seed is one compilation, not one per operation
+    states = jax.jit(jax.vmap(init))(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
                          args.eval_episodes, action_scaling)

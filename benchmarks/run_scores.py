@@ -12,13 +12,14 @@ was killed or interrupted is resumed from its latest checkpoint (`--resume`).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common.training import run_status  # noqa: E402
 SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
 ALGORITHMS = ("bc", "td3_bc", "iql")
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",
@@ -64,13 +65,6 @@ def main():
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=True)
             shutil.copyfile(output_dir / "results.json", target)
-
-
-def run_status(output_dir: Path) -> str | None:
-    try:
-        return json.loads((output_dir / "results.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

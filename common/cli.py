@@ -88,19 +88,38 @@ def check_args(args, update_multiple: int = 1):
             f"{update_multiple} gradient updates, and evaluations fall between steps.")
 
 
+def enable_compilation_cache():
+    """Keep XLA's compilations on disk (JAX's persistent compilation cache), so that a run whose
+    shapes were compiled before (the same algorithm, sizes and dataset dimensions) starts
+    training without compiling again. JAX_COMPILATION_CACHE_DIR chooses the directory; the
+    default is ~/.cache/offlax/jax (under XDG_CACHE_HOME where that is set)."""
+    import os
+    from pathlib import Path
+
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:  # JAX_COMPILATION_CACHE_DIR sets it
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        jax.config.update("jax_compilation_cache_dir", str(cache_home / "offlax" / "jax"))
+    # The default (1 s) leaves out the many small compilations of initialisation and
+    # evaluation, which add up to seconds at every start.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def run_main(main: Callable, args) -> None:
-    """Run `main(args)` as a command: an OfflaxError prints `error: <message>` (or `interrupted: ...`) on stderr and exits
-    with its code; a second Ctrl-C (the first one is handled by the training loop) exits 130."""
+    """Run `main(args)` as a command: an OfflaxError prints `error: <message>` (or
+    `interrupted: ...`) on stderr and exits with its code; Ctrl-C before training exits 130."""
+    enable_compilation_cache()
     try:
         main(args)
     except OfflaxError as error:
         exit_with(error)
-    except KeyboardInterrupt:
-        print("\ninterrupted: exiting without saving; the latest checkpoint is the last one "
-              "written.", file=sys.stderr)
+    except KeyboardInterrupt:  # during training, Ctrl-C is the loop's (common/training.py)
+        print("\ninterrupted before training started: no checkpoint was written, so there is "
+              "nothing to resume.", file=sys.stderr)
         raise SystemExit(130) from None
 
 
 def exit_with(error: OfflaxError):
-    print(f"{error.label}: {error}", file=sys.stderr)
+    print(f"{error.label}: {error}", file=sys.stdout if error.exit_code == 0 else sys.stderr)
     raise SystemExit(error.exit_code) from None

@@ -18,10 +18,11 @@ import importlib.util
 import json
 import os
 import sys
-import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from common.errors import OfflaxError
 
@@ -129,23 +130,43 @@ def record_video(evaluation: dict, path: Path) -> str:
                 f"(MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {type(error).__name__}: {error}). "
                 "Install EGL (e.g. libegl1) or OSMesa (libosmesa6 with MUJOCO_GL=osmesa).")
     total, done = 0.0, False
+    bar = tqdm(total=env.spec.max_episode_steps, desc=f"recording {path.name}", unit="frame",
+               leave=False)  # offscreen rendering takes most of the time  # fmt: skip
     while not done:
         action = np.asarray(act(params, observation[None].astype(np.float32)))[0]
         action = np.clip(scaling.from_unit(action), scaling.low, scaling.high)
         observation, reward, terminated, truncated, _ = env.step(action)
         total += float(reward)
         frames.append(env.render())
+        bar.update()
         done = terminated or truncated
+    bar.close()
     fps = env.metadata.get("render_fps", 30)
     env.close()
     try:
-        with warnings.catch_warnings():  # the encoder is a fork+exec'd ffmpeg: harmless for JAX
-            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        with _ffmpeg_without_preexec():
             iio.imwrite(path, np.stack(frames), fps=fps)
     except Exception as error:  # no encoder for this format (e.g. mp4 without imageio-ffmpeg)
         return (f"video skipped: cannot write '{path}' ({type(error).__name__}: {error}). For "
                 "mp4, pip install 'offlax[video]'; '.gif' needs only Pillow.")
     return f"video: {path} ({len(frames)} frames at {fps} fps, return {total:.1f})"
+
+
+@contextmanager
+def _ffmpeg_without_preexec():
+    """imageio-ffmpeg starts ffmpeg with `preexec_fn=os.setpgrp` (to keep Ctrl-C from it), which
+    runs Python in a child forked from this multithreaded process (JAX's threads): a known
+    deadlock risk. Its own switch turns that off; ffmpeg is then started by a plain fork+exec."""
+    variable = "IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"
+    previous = os.environ.get(variable)
+    os.environ[variable] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = previous
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -92,7 +93,8 @@ class RunLogger:
             "seeds": self.seeds,
             "versions": library_versions(),
             "device": str(jax.devices()[0]),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": shlex.join(sys.orig_argv),  # as typed: run it again in `cwd`
+            "cwd": os.getcwd(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "evaluations": [],
         }
@@ -125,7 +127,8 @@ class RunLogger:
 
     def log_training(self, updates_done: int, seconds: float, metrics: dict):
         """After a host call of `updates_done` updates: metrics are arrays (seeds, steps)."""
-        if self.first_call is None:
+        first = self.first_call is None
+        if first:
             self.first_call = (updates_done, seconds)
         else:
             self.timed[0] += updates_done
@@ -134,7 +137,13 @@ class RunLogger:
         for name, values in metrics.items():
             self.writer.add_scalar(f"train/{name}", float(np.mean(values)), self.updates)
         self.writer.add_scalar("perf/updates_per_second", updates_done / seconds, self.updates)
-        self.bar.update(updates_done)
+        if first:
+            # This process's first host call includes XLA's compilation: leave it out of the
+            # bar's rate, or the first ETA is many times too long.
+            self.bar.n = self.bar.last_print_n = self.updates
+            self.bar.unpause()
+        else:
+            self.bar.update(updates_done)
 
     def log_evaluation(self, returns: np.ndarray) -> np.ndarray:
         """returns: (seeds, episodes). Records and returns the normalised score per seed."""
@@ -151,7 +160,9 @@ class RunLogger:
         self.writer.add_scalar("eval/normalized_score", per_seed_score.mean(), self.updates)
         for seed, score in zip(self.seeds, per_seed_score):
             self.writer.add_scalar(f"eval/normalized_score_seed{seed}", score, self.updates)
-        self.bar.set_postfix(score=f"{per_seed_score.mean():.1f}", refresh=False)
+        seeds = f" (mean of {len(self.seeds)} seeds)" if len(self.seeds) > 1 else ""
+        self.bar.set_postfix_str(f"normalised score {per_seed_score.mean():.1f}{seeds}",
+                                 refresh=False)
         self.write_results()
         return per_seed_score
 
@@ -202,3 +213,19 @@ class RunLogger:
         self.bar.close()
         self.write_results()
         self.writer.close()
+        if status == "finished":
+            print(self.summary(), flush=True)
+
+    def summary(self) -> str:
+        """What a finished run prints: the final scores, the time it took and where it is."""
+        final, results = self.results["final"], self.results
+        seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
+        return (
+            f"finished {results['algorithm']} on {results['env']}: {self.updates} updates, "
+            f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}\n"
+            f"  final normalised score {final['normalized_score_mean']:.1f} "
+            f"± {final['normalized_score_std']:.1f} (seeds {', '.join(map(str, self.seeds))}: "
+            f"{seeds})\n"
+            f"  {self.wall_seconds() / 60:.1f} min, {results['updates_per_second'] or 0:.0f} "
+            f"updates/s\n"
+            f"  output: {self.output_dir}")

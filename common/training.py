@@ -48,6 +48,13 @@ class TrainingInterrupted(OfflaxError):
     label = "interrupted"
 
 
+class RunAlreadyFinished(OfflaxError):
+    """`--resume` of a run that has finished: nothing to do, and nothing is written."""
+
+    exit_code = 0
+    label = "finished"
+
+
 # --------------------------------------------------------------------------------------------
 # Output directory and --resume
 
@@ -74,6 +81,12 @@ def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
                 + "; ".join(differences) + ". A resumed run must repeat its run exactly. Resume "
                 f"with --resume {directory} alone (it reuses the run's arguments), or start a new "
                 "run in another --output-dir.")
+        if run_status(directory) == "finished":
+            raise RunAlreadyFinished(
+                f"'{directory}' is a finished run ({checkpoint['update']} of {args.total_updates} "
+                f"updates): nothing to resume, and no file was changed. Its scores are in "
+                f"{directory / 'results.json'}; `python -m common.evaluate {directory}` evaluates "
+                "its policy again.")
     else:
         directory = Path(args.output_dir or default_output_dir(algorithm, args.env))
         if (directory / "results.json").exists() or latest_checkpoint(directory):
@@ -93,6 +106,14 @@ def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
             f"Cannot write to the output directory '{directory}' ({type(error).__name__}: "
             f"{error.strerror or error}). Choose a writable one with --output-dir.") from None
     return directory, checkpoint
+
+
+def run_status(directory: Path) -> str | None:
+    """The `status` of the run's results.json (None where there is none)."""
+    try:
+        return json.loads((directory / "results.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def args_differences(saved: dict, given: dict) -> list[str]:
@@ -145,7 +166,7 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
         return save_checkpoint(logger.output_dir, logger.updates, payload, args.keep_checkpoints)
 
     find_non_finite = jax.jit(non_finite_leaves)
-    with ctrl_c_requests() as ctrl_c:
+    with ctrl_c_requests(logger.output_dir) as ctrl_c:
         while logger.updates < args.total_updates:
             first_update = logger.updates
             num_updates = chunk_size(first_update, args, update_multiple)
@@ -224,9 +245,9 @@ def divergence(metrics: dict, non_finite, first_update: int, num_updates: int, s
 
 
 @contextmanager
-def ctrl_c_requests():
+def ctrl_c_requests(output_dir: Path):
     """While active, the first SIGINT only sets `.requested` (the loop then saves and stops);
-    a second one raises KeyboardInterrupt at once."""
+    a second one raises TrainingInterrupted at once."""
 
     class Requests:
         requested = False
@@ -235,7 +256,12 @@ def ctrl_c_requests():
 
     def handler(signum, frame):
         if requests.requested:
-            raise KeyboardInterrupt
+            last = latest_checkpoint(output_dir)
+            raise TrainingInterrupted(
+                "second Ctrl-C: exiting at once, without saving. " + (
+                    f"The latest checkpoint, {last}, is the last one written; continue with: "
+                    f"python {Path(sys.argv[0]).as_posix()} --resume {output_dir}" if last else
+                    "No checkpoint had been written yet, so there is nothing to resume."))
         requests.requested = True
         tqdm.write("Ctrl-C: saving a checkpoint after the current host call (at most "
                    f"{UPDATES_PER_CALL} updates). Press Ctrl-C again to exit without saving.",

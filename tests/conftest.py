@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
+
+# One persistent XLA compilation cache for the session, shared with the runs the tests start as
+# subprocesses: the same small networks are compiled once, not in every test (as for users,
+# common.cli.enable_compilation_cache; JAX reads the variable when it is imported).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="offlax-xla-cache-"))
+from common.cli import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()
 
 
 @pytest.fixture(scope="module")

@@ -345,10 +345,47 @@ def test_resume_with_different_arguments_says_which(tmp_path, capsys):
                      "is a run of td3_bc, not of iql")
     expect_bad_input(capsys, "bc", bc.Args(resume=str(tmp_path / "nothing")),
                      "Cannot resume from", "does not exist")
-    # --resume DIR alone: the run is complete, so nothing is trained and the outputs stay
-    before = json.loads((tmp_path / "results.json").read_text())
-    after = td3_bc.main(parse_cli(td3_bc.Args, ["--resume", str(tmp_path)]))
-    assert after["evaluations"] == before["evaluations"] and after["status"] == "finished"
+
+
+def test_ctrl_c_during_a_dataset_build_says_nothing_was_kept(tmp_path, minari_dir):
+    import signal
+
+    dataset_id = "offlax/hopper/medium-replay-v1"  # about a minute to build: time for Ctrl-C
+    # A shell that starts the suite in the background makes it ignore SIGINT, and an ignored
+    # signal stays ignored in children: the child must start with the default disposition
+    # (a Python-level handler here is reset to it by exec).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = start("bc", "--env", dataset_id, "--output-dir", str(tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seen = ""
+    while "Building" not in seen:
+        line = process.stdout.readline()
+        assert line, f"the run ended before building the dataset: {seen}"
+        seen += line
+    time.sleep(1.0)  # inside the rollout
+    process.send_signal(signal.SIGINT)
+    code, output = finish(process)
+    assert code == 130, seen + output
+    assert (f"interrupted: Building {dataset_id} was stopped before it finished: nothing of it "
+            "is kept, and no run was started.") in output
+    assert "checkpoint" not in output and "Traceback" not in output
+    assert not (minari_dir / dataset_id).exists() and not (tmp_path / "run").exists()
+
+
+def test_resuming_a_finished_run_changes_no_file_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    code, _ = finish(start("bc", *cli_flags(**SMALL, total_updates=100, eval_interval=100,
+                                            output_dir=out)))  # fmt: skip
+    assert code == 0
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    code, output = finish(start("bc", "--resume", str(out)))
+    assert code == 0
+    assert output.startswith(f"finished: '{out}' is a finished run (100 of 100 updates)")
+    assert "no file was changed" in output
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*")
+            if p.is_file()} == files  # fmt: skip
 
 
 def test_command_line_errors_exit_2_without_traceback(tmp_path):
@@ -368,14 +405,16 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
 # evaluate
 
 
-def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path):
+def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path, monkeypatch):
     results = iql.main(small_args("iql", tmp_path / "run", num_seeds=2, total_updates=300,
                                   eval_interval=300))
     video = tmp_path / "episode.mp4"
-    output = subprocess.run(
-        [sys.executable, "-m", "common.evaluate", str(tmp_path / "run"), "--video", str(video)],
+    output = subprocess.run(  # warnings are errors: no fork from JAX's threads may warn
+        [sys.executable, "-W", "error", "-m", "common.evaluate", str(tmp_path / "run"),
+         "--video", str(video)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
     assert output.returncode == 0, output.stderr
+    assert "fork" not in output.stderr and "Exception ignored" not in output.stderr, output.stderr
     lines = output.stdout.splitlines()
     assert lines[0].startswith(f"iql on {EXPERT} (InvertedPendulum-v5), 2 episodes per agent")
     rows = {int(line.split()[0]): [float(x) for x in line.split()[1:]]
@@ -388,6 +427,7 @@ def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path):
     if last.startswith("video: "):  # an OpenGL backend is here: a real video of the episode
         import imageio.v3 as iio
 
+        monkeypatch.setenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # as common.evaluate does
         frames = iio.imread(video)
         assert frames.ndim == 4 and frames.shape[0] > 1 and frames.std() > 0
     else:

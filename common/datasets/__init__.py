@@ -81,16 +81,22 @@ def _load(name: str) -> Dataset:
     if name in D4RL_NAMES:
         entry = D4RL_NAMES[name]
         if entry.minari_id is None:
-            hint = (
-                f" offlax generates the D4RL-style equivalent locally: use '{entry.offlax_id}'."
-                if entry.offlax_id
-                else ""
-            )
+            hint = ""
+            if entry.offlax_id:
+                from common.datasets import generated
+
+                hint = (f" offlax generates the D4RL-style equivalent locally: use "
+                        f"'{entry.offlax_id}'{generated.first_use_note(entry.offlax_id)}.")
             raise DatasetUnavailableError(
                 f"D4RL dataset '{name}' has no Minari successor, so it cannot be loaded by name."
                 f"{hint} A D4RL HDF5 file of it can be loaded by its path."
             )
-        return load_minari(entry.minari_id, requested=name, offlax_hint=entry.offlax_id)
+        hint = None
+        if entry.offlax_id:
+            from common.datasets import generated
+
+            hint = f"'{entry.offlax_id}'{generated.first_use_note(entry.offlax_id)}"
+        return load_minari(entry.minari_id, requested=name, offlax_hint=hint)
     if name.startswith(OFFLAX_NAMESPACE + "/"):
         from common.datasets import generated  # imported lazily: it needs gymnasium
 

@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     try:
         dataset = load_dataset(args.name)
     except DatasetError as error:
-        print(f"error: {error}")
-        return 2
+        print(f"{error.label}: {error}")
+        return error.exit_code
     returns = dataset.episode_returns()
     info = dataset.info
     print(f"{info.name}  [{info.source}: {info.dataset_id}]  env {info.env_id}")

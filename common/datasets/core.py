@@ -27,6 +27,13 @@ class DatasetFormatError(DatasetError):
     """A file or dataset does not have the layout it should."""
 
 
+class DatasetBuildInterrupted(DatasetError):
+    """Ctrl-C while a generated dataset was being built: nothing of it is kept."""
+
+    exit_code = 130
+    label = "interrupted"
+
+
 class DatasetWarning(UserWarning):
     """The dataset is usable, but something was changed or looks wrong; the message says what."""
 

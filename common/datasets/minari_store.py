@@ -40,6 +40,8 @@ def local_minari_ids() -> list[str]:
 
 
 def load_minari(dataset_id: str, requested: str, offlax_hint: str | None = None) -> Dataset:
+    """`dataset_id` from the local Minari directory, downloaded first where it is not there;
+    `offlax_hint` names the offlax equivalent that a failed download suggests."""
     import minari
 
     if not minari_local_exists(dataset_id):
@@ -59,7 +61,7 @@ def _download_minari(dataset_id: str, requested: str, offlax_hint: str | None):
     from minari.storage import get_dataset_path
 
     alternatives = (
-        f" Or use offlax's locally generated D4RL-style equivalent: '{offlax_hint}'."
+        f" Or use offlax's locally generated D4RL-style equivalent: {offlax_hint}."
         if offlax_hint
         else " Or generate a local dataset: `python benchmarks/generate_datasets.py` "
         "(offlax/<env>/<level>-v1)."
