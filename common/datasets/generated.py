@@ -242,6 +242,21 @@ def level_seed(spec: OfflaxSpec) -> int:
     return zlib.crc32(f"{spec.env_key}/{spec.level}".encode()) % 2**31
 
 
+def replay_size(env_key: str) -> int:
+    """medium-replay's natural size: SAC's replay buffer at the medium snapshot."""
+    return sum(steps for _, steps in load_policies(env_key).meta["replay_schedule"])
+
+
+def dataset_size(spec: OfflaxSpec) -> int:
+    """Transitions of `spec`: its explicit size, else D4RL's (medium-expert twice, medium-replay
+    as its buffer was)."""
+    if spec.size is not None:
+        return spec.size
+    if spec.level == "medium-replay":
+        return replay_size(spec.env_key)
+    return D4RL_SIZE * (2 if spec.level == "medium-expert" else 1)
+
+
 def collect_episodes(spec: OfflaxSpec, progress: bool = True) -> list[Episode]:
     """Roll out the behaviour policy of `spec` (medium-expert: medium, then expert)."""
     import gymnasium as gym
@@ -251,17 +266,15 @@ def collect_episodes(spec: OfflaxSpec, progress: bool = True) -> list[Episode]:
     label = f"{spec.dataset_id}" if progress else None
     if spec.level == "medium-expert":
         return [ep for part in medium_expert_parts(spec) for ep in collect_episodes(part, progress)]
+    size = dataset_size(spec)
     if spec.level == "medium-replay":
         stretches = policies.meta["replay_schedule"]  # [[policy name, steps], ...]
-        natural = sum(steps for _, steps in stretches)
-        size = natural if spec.size is None else spec.size
-        ratio = size / natural  # a resized medium-replay keeps the schedule's proportions
+        ratio = size / replay_size(spec.env_key)  # a resized one keeps the proportions
         schedule = [
             (make_policy(policies, name, action_space), max(1, round(steps * ratio)))
             for name, steps in stretches
         ]
     else:
-        size = D4RL_SIZE if spec.size is None else spec.size
         schedule = [(make_policy(policies, spec.level, action_space), size)]
     return rollout(policies.env_id, schedule, size, level_seed(spec), progress=label)
 
@@ -373,13 +386,7 @@ def first_use_note(dataset_id: str) -> str:
     """What the first use of `dataset_id` costs, for messages that suggest it ("" once built)."""
     if minari_local_exists(dataset_id):
         return ""
-    spec = parse_offlax_id(dataset_id)
-    if spec.size is not None:
-        size = spec.size
-    elif spec.level == "medium-replay":
-        size = sum(steps for _, steps in load_policies(spec.env_key).meta["replay_schedule"])
-    else:
-        size = D4RL_SIZE * (2 if spec.level == "medium-expert" else 1)
+    size = dataset_size(parse_offlax_id(dataset_id))
     minutes = size / TRANSITIONS_PER_SECOND / 60
     duration = f"about {minutes:.0f} minutes" if minutes >= 1.5 else "about a minute"
     return (f" (its first use builds it from the committed policies: {size:,} transitions, "
