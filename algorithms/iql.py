@@ -16,6 +16,11 @@ its deterministic action is the mean.
 
 Authors' code: https://github.com/ikostrikov/implicit_q_learning (learner.py, critic.py, actor.py,
 train_offline.py, configs/). Per-dataset overrides (AntMaze) are in DATASET_OVERRIDES below.
+Where the authors' code and other implementations (d3rlpy, CORL) differ, Args has a flag for the
+choice (--hidden-init to --clip-dataset-actions); README "IQL: what matters" measures each.
+Every update logs what says whether IQL is learning: the advantage weights (mean, max, fraction
+clipped, effective sample size), the policy's log std and log-likelihood of dataset actions, the
+fraction of its means at the tanh's ends, and V and Q against the dataset's return-to-go.
 Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 """
 
@@ -41,7 +46,8 @@ from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
 from common.normalization import ObservationStatistics, iql_reward_scale, observation_statistics
 from common.training import prepare_output_dir, train
-from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
+from common.transitions import (ACTION_CLIP, returns_to_go, sample_batch,
+                                transitions_on_device)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,27 @@ class Args:
     (locomotion), or minus 1 (AntMaze); chosen per dataset as the authors' train_offline.py"""
     normalize_observations: bool = False
     """normalise states by the dataset's mean and std (the authors' code does not)"""
+    # Choices where the authors' code and other implementations differ (README "IQL: what
+    # matters" measures each; benchmarks/iql_ablation.py runs them).
+    hidden_init: Literal["orthogonal", "pytorch"] = "orthogonal"
+    """initialisation of the hidden layers: orthogonal kernels with scale sqrt(2) and zero biases
+    (authors' common.py default_init), or PyTorch's nn.Linear default, kernels and biases
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (d3rlpy, CORL)"""
+    output_init: Literal["orthogonal", "pytorch"] = "orthogonal"
+    """initialisation of the output layers (Q, V and the policy's mean), choices as --hidden-init"""
+    q_target_value: Literal["updated", "previous"] = "updated"
+    """V in the Q target r + gamma V(s'): the one this update has just trained (authors'
+    learner.py: V, then pi, then Q), or the one from before it (d3rlpy, CORL: Q and V together)"""
+    actor_schedule: Literal["cosine", "constant"] = "cosine"
+    """policy learning rate: cosine-decayed to 0 over --total-updates (authors' learner.py,
+    CORL) or constant (d3rlpy)"""
+    log_std_bound: Literal["clip", "sigmoid"] = "clip"
+    """the policy's state-independent log std: a parameter starting at 0 clipped to [-5, 2]
+    (authors' policy.py and learner.py), or -5 + 7 sigmoid(parameter), starting at -1.5 (d3rlpy's
+    NormalPolicy)"""
+    clip_dataset_actions: bool = True
+    """clip dataset actions to +-(1 - 1e-5) before the log-likelihood (authors' dataset_utils.py,
+    D4RL's convention); d3rlpy and CORL use them as they are"""
 
 
 # Per-dataset values, from the authors' train_offline.py and configs/antmaze_config.py. They
@@ -113,19 +140,32 @@ def dataset_defaults(env: str) -> Args:
 
 
 # --------------------------------------------------------------------------------------------
-# Networks. Orthogonal kernels with scale sqrt(2), biases zero (authors' common.py default_init).
+# Networks. Kernel and bias initialisers per --hidden-init / --output-init: the authors'
+# orthogonal(sqrt(2)) kernels with zero biases, or PyTorch's nn.Linear default.
 
-orthogonal_init = nn.initializers.orthogonal(np.sqrt(2))
+
+def dense(width: int, init: str, fan_in: int) -> nn.Dense:
+    if init == "orthogonal":  # authors' common.py default_init
+        return nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))
+    bound = 1.0 / np.sqrt(fan_in)  # torch.nn.Linear.reset_parameters: both U(-bound, bound)
+    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+        key, shape, dtype, -bound, bound)
+    return nn.Dense(width, kernel_init=uniform, bias_init=uniform)
 
 
 class MLP(nn.Module):
     dims: tuple[int, ...]  # hidden widths and the output width; ReLU between layers
+    hidden_init: str = "orthogonal"
+    output_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x):
         for width in self.dims[:-1]:
-            x = nn.relu(nn.Dense(width, kernel_init=orthogonal_init)(x))
-        return nn.Dense(self.dims[-1], kernel_init=orthogonal_init)(x)
+            x = nn.relu(dense(width, self.hidden_init, x.shape[-1])(x))
+        return dense(self.dims[-1], self.output_init, x.shape[-1])(x)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # authors' learner.py (log_std_min) and policy.py
 
 
 class GaussianPolicy(nn.Module):
@@ -134,43 +174,62 @@ class GaussianPolicy(nn.Module):
 
     hidden_dims: tuple[int, ...]
     action_dim: int
+    hidden_init: str = "orthogonal"
+    output_init: str = "orthogonal"
+    log_std_bound: str = "clip"
 
     @nn.compact
     def __call__(self, observations):
         x = observations
         for width in self.hidden_dims:
-            x = nn.relu(nn.Dense(width, kernel_init=orthogonal_init)(x))
-        mean = nn.tanh(nn.Dense(self.action_dim, kernel_init=orthogonal_init)(x))
+            x = nn.relu(dense(width, self.hidden_init, x.shape[-1])(x))
+        mean = nn.tanh(dense(self.action_dim, self.output_init, x.shape[-1])(x))
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
-        return mean, jnp.clip(log_std, -5.0, 2.0)
+        if self.log_std_bound == "sigmoid":
+            return mean, LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * nn.sigmoid(log_std)
+        return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
 
 class ValueNetwork(nn.Module):
     hidden_dims: tuple[int, ...]
+    hidden_init: str = "orthogonal"
+    output_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, observations):
-        return MLP((*self.hidden_dims, 1))(observations).squeeze(-1)
+        return MLP((*self.hidden_dims, 1), self.hidden_init, self.output_init)(
+            observations).squeeze(-1)
 
 
 class QNetwork(nn.Module):
     hidden_dims: tuple[int, ...]
+    hidden_init: str = "orthogonal"
+    output_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, observations, actions):
-        return MLP((*self.hidden_dims, 1))(jnp.concatenate([observations, actions], -1)).squeeze(-1)
+        return MLP((*self.hidden_dims, 1), self.hidden_init, self.output_init)(
+            jnp.concatenate([observations, actions], -1)).squeeze(-1)
 
 
 class DoubleQ(nn.Module):
     """Q_1 and Q_2 as one vmapped module: output (2, batch)."""
 
     hidden_dims: tuple[int, ...]
+    hidden_init: str = "orthogonal"
+    output_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, observations, actions):
         ensemble = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=2)
-        return ensemble(self.hidden_dims)(observations, actions)
+        return ensemble(self.hidden_dims, self.hidden_init, self.output_init)(
+            observations, actions)
+
+
+def policy_network(args: Args, action_dim: int) -> GaussianPolicy:
+    return GaussianPolicy(args.hidden_dims, action_dim, args.hidden_init, args.output_init,
+                          args.log_std_bound)
 
 
 def gaussian_log_prob(mean, log_std, actions):
@@ -193,11 +252,13 @@ class IQLState(struct.PyTreeNode):
 
 def init_state(key, args: Args, obs_dim: int, action_dim: int) -> IQLState:
     key, actor_key, critic_key, value_key = jax.random.split(key, 4)
-    actor = GaussianPolicy(args.hidden_dims, action_dim)
-    critic, value = DoubleQ(args.hidden_dims), ValueNetwork(args.hidden_dims)
+    actor = policy_network(args, action_dim)
+    critic = DoubleQ(args.hidden_dims, args.hidden_init, args.output_init)
+    value = ValueNetwork(args.hidden_dims, args.hidden_init, args.output_init)
     observation, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
     critic_params = critic.init(critic_key, observation, action)
-    actor_schedule = optax.cosine_decay_schedule(args.actor_lr, args.total_updates)
+    actor_schedule = (optax.cosine_decay_schedule(args.actor_lr, args.total_updates)
+                      if args.actor_schedule == "cosine" else args.actor_lr)
     return IQLState(
         actor=TrainState.create(apply_fn=actor.apply, params=actor.init(actor_key, observation),
                                 tx=optax.adam(actor_schedule)),
@@ -238,11 +299,12 @@ def actor_loss(actor_params, state: IQLState, batch, args: Args):
     v = state.value.apply_fn(state.value.params, batch["observations"])
     weights = advantage_weights(q, v, args.temperature, args.max_weight)
     mean, log_std = state.actor.apply_fn(actor_params, batch["observations"])
-    return -(weights * gaussian_log_prob(mean, log_std, batch["actions"])).mean(), weights
+    log_prob = gaussian_log_prob(mean, log_std, batch["actions"])
+    return -(weights * log_prob).mean(), (weights, log_prob, mean, log_std)
 
 
 def critic_target(state: IQLState, batch, discount: float):
-    """y = r + gamma (1 - d) V(s'), with the new V."""
+    """y = r + gamma (1 - d) V(s'), with the V in `state`."""
     next_v = state.value.apply_fn(state.value.params, batch["next_observations"])
     return batch["rewards"] + discount * (1.0 - batch["terminals"]) * next_v
 
@@ -253,27 +315,46 @@ def critic_loss(critic_params, state: IQLState, batch, target):
     return ((q - target) ** 2).mean(1).sum(), q
 
 
+def diagnostics(batch, v, q, weights, log_prob, mean, log_std, max_weight: float) -> dict:
+    """What says whether IQL learns, per update, from arrays the update computed anyway.
+
+    weights_ess: effective sample size of the batch's weights, (sum w)^2 / sum w^2, as a fraction
+    of the batch (1: all equal; 1/B: one transition carries the policy's loss).
+    return_to_go: the dataset's discounted return from s on, in the training reward scale; the
+    truncated episodes' tails make it smaller than the true value near their ends."""
+    return {"v_mean": v.mean(), "q_mean": q.mean(),
+            "return_to_go_mean": batch["returns_to_go"].mean(),
+            "weights_mean": weights.mean(), "weights_max": weights.max(),
+            "weights_clipped_fraction": (weights >= max_weight).mean(),
+            "weights_ess": weights.sum() ** 2 / (weights.size * (weights**2).sum()),
+            "log_likelihood": log_prob.mean(), "log_std_mean": log_std.mean(),
+            "mean_saturated_fraction": (jnp.abs(mean) > 0.99).mean()}
+
+
 def update(state: IQLState, data, args: Args):
     """One IQL update on one minibatch: V, pi, Q, target (the authors' order)."""
     key, batch_key = jax.random.split(state.key)
     batch = sample_batch(data, batch_key, args.batch_size)
+    if args.q_target_value == "previous":
+        target = critic_target(state, batch, args.discount)
 
     (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(
         state.value.params, state, batch, args.expectile)
     state = state.replace(value=state.value.apply_gradients(grads=grads), key=key)
 
-    (a_loss, weights), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        state.actor.params, state, batch, args)
+    (a_loss, (weights, log_prob, mean, log_std)), grads = jax.value_and_grad(
+        actor_loss, has_aux=True)(state.actor.params, state, batch, args)
     state = state.replace(actor=state.actor.apply_gradients(grads=grads))
 
-    target = critic_target(state, batch, args.discount)
+    if args.q_target_value == "updated":
+        target = critic_target(state, batch, args.discount)
     (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic.params, state, batch, target)
     state = state.replace(critic=state.critic.apply_gradients(grads=grads))
     state = state.replace(
         critic_target=optax.incremental_update(state.critic.params, state.critic_target, args.tau))
     metrics = {"value_loss": v_loss, "actor_loss": a_loss, "critic_loss": q_loss,
-               "v_mean": v.mean(), "q_mean": q.mean(), "weights_mean": weights.mean()}
+               **diagnostics(batch, v, q, weights, log_prob, mean, log_std, args.max_weight)}
     return state, metrics
 
 
@@ -301,7 +382,7 @@ def transformed_rewards(dataset, transform: str) -> np.ndarray:
 
 def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
     """(params, raw observations) -> deterministic actions in [-1, 1]: the policy's mean."""
-    actor = GaussianPolicy(args.hidden_dims, action_dim)
+    actor = policy_network(args, action_dim)
     return lambda params, observations: actor.apply(params, stats.normalize(observations))[0]
 
 
@@ -315,11 +396,13 @@ def main(args: Args) -> dict:
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
-    data = transitions_on_device(dataset, stats, action_scaling,
-                                 rewards=transformed_rewards(dataset, args.reward_transform))
-    # log pi(a|s) of a Gaussian with tanh mean is finite at the box's edge; the authors still
-    # clip dataset actions to 1 - 1e-5 (D4RL's convention), and so do we.
-    data["actions"] = jnp.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
+    rewards = transformed_rewards(dataset, args.reward_transform)
+    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
+    data["returns_to_go"] = jnp.asarray(returns_to_go(dataset, rewards, args.discount))
+    if args.clip_dataset_actions:
+        # log pi(a|s) of a Gaussian with tanh mean is finite at the box's edge; the authors
+        # still clip dataset actions to 1 - 1e-5 (D4RL's convention).
+        data["actions"] = jnp.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)

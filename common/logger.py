@@ -79,6 +79,7 @@ class RunLogger:
         self.updates = 0
         self.timed = [0, 0.0]  # updates and seconds of host calls, without each first one
         self.wall_before = 0.0  # wall seconds of earlier processes of a resumed run
+        self.train_sums, self.train_count = {}, 0  # metrics per seed since the last evaluation
         self.results = {
             "algorithm": algorithm,
             "env": self.info.name,
@@ -136,6 +137,9 @@ class RunLogger:
         self.updates += updates_done
         for name, values in metrics.items():
             self.writer.add_scalar(f"train/{name}", float(np.mean(values)), self.updates)
+            per_seed = np.asarray(values, np.float64).sum(1)
+            self.train_sums[name] = self.train_sums.get(name, 0.0) + per_seed
+        self.train_count += np.shape(next(iter(metrics.values())))[1] if metrics else 0
         self.writer.add_scalar("perf/updates_per_second", updates_done / seconds, self.updates)
         if first:
             # This process's first host call includes XLA's compilation: leave it out of the
@@ -155,7 +159,12 @@ class RunLogger:
             "return": per_seed_return.tolist(),
             "normalized_score": per_seed_score.tolist(),
             "episode_returns": returns.tolist(),
+            # per seed, the mean of every training metric over the updates since the last
+            # evaluation (checkpoints are written at evaluations, so a resume loses none)
+            "train": {name: (total / max(self.train_count, 1)).tolist()
+                      for name, total in self.train_sums.items()},
         })
+        self.train_sums, self.train_count = {}, 0
         self.writer.add_scalar("eval/return", per_seed_return.mean(), self.updates)
         self.writer.add_scalar("eval/normalized_score", per_seed_score.mean(), self.updates)
         for seed, score in zip(self.seeds, per_seed_score):

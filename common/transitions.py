@@ -51,3 +51,16 @@ def unit_actions(dataset: Dataset, action_scaling: ActionScaling) -> np.ndarray:
             DatasetWarning, stacklevel=3)
         unit = np.where(outside, np.clip(unit, -ACTION_CLIP, ACTION_CLIP), unit)
     return np.clip(unit, -1.0, 1.0)
+
+
+def returns_to_go(dataset: Dataset, rewards: np.ndarray, discount: float) -> np.ndarray:
+    """sum_k discount^k r_{t+k} to the end of each transition's episode (float32), for value
+    diagnostics. At a timeout the sum stops, so it is smaller than the true value near the ends
+    of truncated episodes."""
+    ends = dataset.episode_ends
+    totals = np.empty(len(rewards), np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):  # numpy cannot reset a discounted cumsum
+        running = rewards[t] + (0.0 if ends[t] else discount * running)
+        totals[t] = running
+    return totals.astype(np.float32)

@@ -212,3 +212,20 @@ def test_td3_bc_delayed_actor_update_has_no_branch():
     # the check would see a counter-based branch
     branchy = jax.make_jaxpr(lambda i: jax.lax.cond(i % 2 == 0, lambda: 1.0, lambda: 0.0))(0)
     assert "cond" in str(branchy)
+
+
+def test_iql_results_json_has_each_seeds_diagnostics_per_evaluation(tmp_path):
+    results = run("iql", tmp_path, env=EXPERT, num_seeds=2, total_updates=400, eval_interval=200,
+                  eval_episodes=1)
+    saved = json.loads((tmp_path / "iql" / "results.json").read_text())
+    assert saved["evaluations"] == results["evaluations"]
+    first, last = (e["train"] for e in saved["evaluations"])
+    for name in ("value_loss", "actor_loss", "critic_loss", "v_mean", "q_mean",
+                 "return_to_go_mean", "weights_mean", "weights_max", "weights_clipped_fraction",
+                 "weights_ess", "log_likelihood", "log_std_mean", "mean_saturated_fraction"):
+        assert len(first[name]) == 2 and np.isfinite(first[name] + last[name]).all(), name
+    assert all(0 < x <= 1 for x in first["weights_ess"] + last["weights_ess"])
+    assert all(x <= 100 for x in first["weights_max"] + last["weights_max"])
+    # the policy narrows from its initial log std 0 as it fits the expert's actions
+    assert all(a < 0 and b < a for a, b in zip(first["log_std_mean"], last["log_std_mean"]))
+    assert all(b > a for a, b in zip(first["log_likelihood"], last["log_likelihood"]))

@@ -59,8 +59,8 @@ def batch():
     }
 
 
-def close(actual, expected):
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-5, atol=1e-5)
+def close(actual, expected, atol=1e-5):
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-5, atol=atol)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,9 +221,83 @@ def test_iql_actor_loss(iql_state, batch):
     mean = np.tanh(np_mlp(params, batch["observations"]))
     log_std = np.clip(np.asarray(params["log_std"]), -5, 2)
     expected = -np.mean(weights * np_gaussian_log_prob(mean, log_std, batch["actions"]))
-    loss, got_weights = iql.actor_loss(state.actor.params, state, batch, args)
+    loss, (got_weights, log_prob, got_mean, got_log_std) = iql.actor_loss(
+        state.actor.params, state, batch, args)
     close(got_weights, weights)
+    close(got_mean, mean)
+    close(got_log_std, log_std)
+    close(log_prob, np_gaussian_log_prob(mean, log_std, batch["actions"]))
     close(loss, expected)
+
+
+def test_iql_sigmoid_log_std_is_d3rlpys_bound():
+    args = iql.Args(hidden_dims=(8,), log_std_bound="sigmoid")
+    policy = iql.policy_network(args, ACTION_DIM)
+    params = policy.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
+    _, log_std = policy.apply(params, jnp.zeros((1, OBS_DIM)))
+    close(log_std, [-1.5, -1.5])  # -5 + 7 sigmoid(0)
+    raw = np.array([-3.0, 4.0], np.float32)
+    params = jax.tree.map(lambda x: x, params)
+    params["params"]["log_std"] = jnp.asarray(raw)
+    _, log_std = policy.apply(params, jnp.zeros((1, OBS_DIM)))
+    close(log_std, -5.0 + 7.0 / (1.0 + np.exp(-raw)))
+
+
+@pytest.mark.parametrize("hidden_init, output_init", [("pytorch", "pytorch"),
+                                                      ("orthogonal", "pytorch")])
+def test_iql_pytorch_initialisation_is_uniform_in_one_over_sqrt_fan_in(hidden_init, output_init):
+    args = iql.Args(hidden_dims=(256, 256), hidden_init=hidden_init, output_init=output_init)
+    state = iql.init_state(jax.random.key(0), args, 17, 6)
+    layers = state.value.params["params"]["MLP_0"]
+    for name, fan_in in [("Dense_0", 17), ("Dense_1", 256), ("Dense_2", 256)]:
+        kernel, bias = np.asarray(layers[name]["kernel"]), np.asarray(layers[name]["bias"])
+        pytorch = (output_init if name == "Dense_2" else hidden_init) == "pytorch"
+        if pytorch:  # U(-b, b), b = 1/sqrt(fan_in): inside the bound, std b / sqrt(3)
+            bound = 1 / np.sqrt(fan_in)
+            assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+            assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+            assert np.abs(bias).max() > (0.5 * bound if bias.size > 1 else 0.0)
+        else:  # orthogonal with gain sqrt(2): K^T K = 2 I (fan_in >= width), zero bias
+            gram = kernel.T @ kernel if kernel.shape[0] >= kernel.shape[1] else kernel @ kernel.T
+            close(gram, 2 * np.eye(len(gram)), atol=1e-4)
+            assert not bias.any()
+    mean_layer = state.actor.params["params"]["Dense_2"]["kernel"]
+    assert np.abs(mean_layer).max() <= 1 / np.sqrt(256)
+
+
+@pytest.mark.parametrize("q_target_value", ["updated", "previous"])
+def test_iql_q_target_uses_the_chosen_v(iql_state, batch, q_target_value):
+    args, state = iql_state
+    args = iql.Args(hidden_dims=(8, 8), q_target_value=q_target_value)
+    data = {**{k: jnp.asarray(v) for k, v in batch.items()},
+            "returns_to_go": jnp.zeros(BATCH)}
+    new_state, _ = iql.update(state, data, args)
+    # the same batch as the update drew, and the V whose target the Q step should have used
+    drawn = iql.sample_batch(data, jax.random.split(state.key)[1], args.batch_size)
+    v_params = new_state.value.params if q_target_value == "updated" else state.value.params
+    target = drawn["rewards"] + 0.99 * (1 - drawn["terminals"]) * np_value(
+        v_params, np.asarray(drawn["next_observations"]))
+    grads = jax.grad(lambda p: iql.critic_loss(p, state, drawn, jnp.asarray(target))[0])(
+        state.critic.params)
+    expected = state.critic.apply_gradients(grads=grads).params
+    for got, want in zip(jax.tree.leaves(new_state.critic.params), jax.tree.leaves(expected)):
+        close(got, want, atol=1e-6)
+
+
+def test_iql_diagnostics_by_hand():
+    w = jnp.array([1.0, 1.0, 2.0, 100.0])
+    mean = jnp.array([[0.995, 0.0], [-0.999, 0.5], [0.2, 0.3], [0.0, 0.0]])
+    metrics = iql.diagnostics({"returns_to_go": jnp.array([1.0, 2.0, 3.0, 6.0])},
+                              v=jnp.array([1.0, 3.0]), q=jnp.ones((2, 4)), weights=w,
+                              log_prob=jnp.array([-1.0, -2.0, -3.0, -4.0]), mean=mean,
+                              log_std=jnp.array([-1.0, -2.0]), max_weight=100.0)
+    expected = {"v_mean": 2.0, "q_mean": 1.0, "return_to_go_mean": 3.0, "weights_mean": 26.0,
+                "weights_max": 100.0, "weights_clipped_fraction": 0.25,
+                "weights_ess": 104.0**2 / (4 * 10006.0), "log_likelihood": -2.5,
+                "log_std_mean": -1.5, "mean_saturated_fraction": 0.25}
+    assert metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        close(metrics[name], value)
 
 
 def test_iql_q_target_and_loss(iql_state, batch):

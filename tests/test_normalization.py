@@ -45,3 +45,12 @@ def test_iql_reward_scale_hand_values():
 def test_iql_reward_scale_undefined_for_equal_returns():
     with pytest.raises(DatasetError, match="do not spread"):
         iql_reward_scale(toy_dataset([1, 1], ends=[0, 1]))
+
+
+def test_returns_to_go_stop_at_episode_ends_by_hand():
+    from common.transitions import returns_to_go
+
+    # episodes [1, 2, 3] (cut after step 2) and [4, 5]; gamma 0.5
+    d = toy_dataset([1, 2, 3, 4, 5], ends=[2, 4])
+    np.testing.assert_allclose(returns_to_go(d, d.rewards, 0.5),
+                               [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3, 4 + 0.5 * 5, 5])
