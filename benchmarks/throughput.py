@@ -32,7 +32,7 @@ import td3_bc  # noqa: E402
 
 from common.datasets import DEFAULT_DATASET, load_dataset  # noqa: E402
 from common.normalization import ActionScaling, observation_statistics  # noqa: E402
-from common.transitions import transitions_on_device  # noqa: E402
+from common.transitions import returns_to_go, transitions_on_device  # noqa: E402
 
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
 
@@ -54,6 +54,8 @@ def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     scaling = ActionScaling(-np.ones(action_dim, np.float32), np.ones(action_dim, np.float32))
     data = transitions_on_device(dataset, observation_statistics(dataset), scaling)
+    if module is iql:  # its value diagnostics compare V with the return-to-go
+        data["returns_to_go"] = jnp.asarray(returns_to_go(dataset, dataset.rewards, args.discount))
     seeds = jnp.arange(num_seeds)
     init = partial(module.init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
     states = jax.vmap(init)(jax.vmap(jax.random.key)(seeds))
