@@ -62,7 +62,8 @@ class Args:
     hidden_dims: tuple[int, ...] = (256, 256)
     """hidden layers of the actor and of each critic (paper Table 3: 256, 256)"""
     output_dir: Annotated[str | None, tyro.conf.arg(
-        metavar="DIR", help_behavior_hint="(default: runs/td3_bc/<env>/<date-time>)")] = None
+        metavar="DIR",
+        help_behavior_hint="(default: runs/td3_bc/<env>/<date-time>-seed<S>-<id>)")] = None
     """output directory"""
     resume: str | None = None
     """output directory of an earlier run to continue from its latest checkpoint, with its own

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common.training import run_status  # noqa: E402
+from common.run_directory import run_status  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "iql_ablation"
 TABLE = ROOT / "benchmarks" / "results" / "iql_ablation.md"

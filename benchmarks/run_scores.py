@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common.training import run_status  # noqa: E402
+from common.run_directory import run_status  # noqa: E402
 SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
 ALGORITHMS = ("bc", "td3_bc", "iql")
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",

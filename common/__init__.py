@@ -14,6 +14,8 @@ common.transitions    the training arrays on the device, minibatch sampling insi
 common.evaluation     vectorised evaluation of all seeds at once
 common.logger         TensorBoard, results.json, progress bar, policy.msgpack
 common.training       the shared training loop: host calls, divergence guard, Ctrl-C, resume
+common.run_directory  the output directory: unique default names, one writer (an OS lock)
+common.files          a run's files written whole or not at all; the error of a full disk
 common.checkpoints    checkpoint files: atomic writes, the last k kept, restore
 common.cli            argument parsing with --resume, shared checks, exit codes
 common.errors         OfflaxError, the family of errors a user can fix

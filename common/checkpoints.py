@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from flax import serialization
 
 from common.errors import OfflaxError
+from common.files import RunWriteError, write_atomically
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -63,33 +63,21 @@ def _is_key(x) -> bool:
 def save_checkpoint(run_dir, update: int, payload: dict, keep: int) -> Path:
     """Write checkpoint_<update>.msgpack atomically and delete all but the newest `keep`."""
     directory = checkpoint_dir(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunWriteError("the checkpoint directory", directory, error, None, run_dir) from None
     states = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
                           payload["states"])
     tree = {**payload, "format": CHECKPOINT_FORMAT, "update": update,
             "states": serialization.to_state_dict(jax.device_get(states))}
     path = directory / f"checkpoint_{update:09d}.msgpack"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        file.write(serialization.msgpack_serialize(tree))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(directory)
+    last = list_checkpoints(run_dir)
+    write_atomically(path, serialization.msgpack_serialize(tree), "the checkpoint",
+                     last_checkpoint=last[-1] if last else None, run_dir=run_dir, durable=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
     return path
-
-
-def _fsync_directory(directory: Path):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path) -> dict:

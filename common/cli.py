@@ -1,8 +1,9 @@
 """The command line every algorithm file shares: parsing (with `--resume`), the checks of the
 shared flags, and how a run ends (a one-paragraph error and an exit code, never a traceback).
 
-Exit codes: 0 finished, 2 bad input (arguments, dataset, output directory, checkpoint),
-3 training diverged, 130 interrupted (Ctrl-C; a checkpoint and a partial results.json are saved).
+Exit codes: 0 finished, 1 a file of the run could not be written (full disk), 2 bad input
+(arguments, dataset, output directory, checkpoint, a directory another run holds), 3 training
+diverged, 130 interrupted (Ctrl-C; a checkpoint and a partial results.json are saved).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 import tyro
 
 from common.errors import ConfigError, OfflaxError
+from common.run_directory import release_all
 
 # Fields of Args whose value may differ when a run is resumed: they say where, not what.
 NOT_COMPARED_ON_RESUME = ("resume", "output_dir")
@@ -118,6 +120,8 @@ def run_main(main: Callable, args) -> None:
         print("\ninterrupted before training started: no checkpoint was written, so there is "
               "nothing to resume.", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:  # a run that stopped before training leaves no directory of its own behind
+        release_all()
 
 
 def exit_with(error: OfflaxError):

@@ -2,12 +2,14 @@
 
   events.out.tfevents.*   TensorBoard: train/<metric> (mean over seeds), eval/return,
                           eval/normalized_score (mean and per seed), perf/updates_per_second
-  results.json            algorithm, env, status, args, versions, evaluations per seed, final
-                          score, updates per second, wall seconds (written after every
-                          evaluation, and when the run ends: finished, interrupted or diverged)
+  results.json            algorithm, env, status, args, versions, evaluations per seed (with
+                          each seed's training metrics since the previous one), final score,
+                          updates per second, wall seconds (written after every evaluation, and
+                          when the run ends: finished, interrupted, diverged or failed)
   policy.msgpack          the final policy parameters of every seed (flax serialisation) and
                           what is needed to act with them (observation statistics, action bounds)
   checkpoints/            the whole training state at every evaluation (common/checkpoints.py)
+  .lock                   held by the process writing the run (common/run_directory.py)
 
 plus a progress bar with updates/s, ETA and the latest normalised score.
 """
@@ -19,6 +21,8 @@ import json
 import os
 import platform
 import shlex
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -31,14 +35,12 @@ import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
+from common.checkpoints import latest_checkpoint
 from common.datasets import Dataset, check_reference_scores, normalized_score
+from common.files import RunWriteError, write_atomically
+from common.run_directory import release
 
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "gymnasium", "mujoco", "minari")
-
-
-def default_output_dir(algorithm: str, env: str) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / algorithm / env.replace("/", "_") / stamp)
 
 
 def library_versions() -> dict:
@@ -67,8 +69,6 @@ class RunLogger:
 
     def __init__(self, algorithm: str, args, dataset: Dataset, seeds, output_dir,
                  checkpoint: dict | None = None):
-        from tensorboardX import SummaryWriter
-
         check_reference_scores(dataset.info)  # before training, not at the first evaluation
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,13 +105,17 @@ class RunLogger:
             self.timed = resume["timed"]
             self.wall_before = resume["wall_seconds"]
             self.results["evaluations"] = resume["evaluations"]
+            # a checkpoint between evaluations (Ctrl-C) carries the metrics summed since the last
+            self.train_sums = {k: np.asarray(v, np.float64)
+                               for k, v in resume.get("train_sums", {}).items()}
+            self.train_count = resume.get("train_count", 0)
             self.results["started"] = resume["started"]
             self.results["resumed"] = [*resume["resumed"], {
                 "update": self.updates,
                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": self.results["command"]}]
-        self.writer = SummaryWriter(str(self.output_dir),
-                                    purge_step=self.updates if resume is not None else None)
+        self.writer = EventWriter(self.output_dir, self.last_checkpoint,
+                                  purge_step=self.updates if resume is not None else None)
         self.bar = tqdm(total=args.total_updates, initial=self.updates, unit="upd",
                         dynamic_ncols=True,
                         mininterval=float(os.environ.get("TQDM_MININTERVAL", 1.0)))
@@ -121,7 +125,9 @@ class RunLogger:
         return {"updates": self.updates, "timed": list(self.timed),
                 "wall_seconds": self.wall_seconds(), "evaluations": self.results["evaluations"],
                 "started": self.results["started"], "resumed": self.results.get("resumed", []),
-                "dataset_fingerprint": self.info.fingerprint}
+                "dataset_fingerprint": self.info.fingerprint,
+                "train_sums": {k: np.asarray(v).tolist() for k, v in self.train_sums.items()},
+                "train_count": self.train_count}
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.start
@@ -141,6 +147,7 @@ class RunLogger:
             self.train_sums[name] = self.train_sums.get(name, 0.0) + per_seed
         self.train_count += np.shape(next(iter(metrics.values())))[1] if metrics else 0
         self.writer.add_scalar("perf/updates_per_second", updates_done / seconds, self.updates)
+        self.writer.flush()
         if first:
             # This process's first host call includes XLA's compilation: leave it out of the
             # bar's rate, or the first ETA is many times too long.
@@ -169,6 +176,7 @@ class RunLogger:
         self.writer.add_scalar("eval/normalized_score", per_seed_score.mean(), self.updates)
         for seed, score in zip(self.seeds, per_seed_score):
             self.writer.add_scalar(f"eval/normalized_score_seed{seed}", score, self.updates)
+        self.writer.flush()
         seeds = f" (mean of {len(self.seeds)} seeds)" if len(self.seeds) > 1 else ""
         self.bar.set_postfix_str(f"normalised score {per_seed_score.mean():.1f}{seeds}",
                                  refresh=False)
@@ -192,10 +200,11 @@ class RunLogger:
         results["updates_per_second"] = self.updates_per_second()
         results["first_call_seconds"] = self.first_call[1] if self.first_call else None
         results["wall_seconds"] = self.wall_seconds()
-        path = self.output_dir / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, path)
+        write_atomically(self.output_dir / "results.json", json.dumps(results, indent=1).encode(),
+                         "results.json", self.last_checkpoint, self.output_dir)
+
+    def last_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.output_dir)
 
     def updates_per_second(self) -> float | None:
         """Training throughput, without each process's first host call (it includes XLA's
@@ -208,20 +217,41 @@ class RunLogger:
         """policy.msgpack: {"params": parameters with a leading seed axis, **extra}."""
         tree = {"params": jax.device_get(params),
                 **{k: np.asarray(v) for k, v in extra.items()}}
-        path = self.output_dir / "policy.msgpack"
-        tmp = path.with_suffix(".msgpack.tmp")
-        tmp.write_bytes(serialization.msgpack_serialize(serialization.to_state_dict(tree)))
-        os.replace(tmp, path)
+        try:
+            write_atomically(self.output_dir / "policy.msgpack",
+                             serialization.msgpack_serialize(serialization.to_state_dict(tree)),
+                             "the policy", self.last_checkpoint, self.output_dir)
+        except RunWriteError as error:
+            self.finish("failed", str(error))
+            raise
 
     def finish(self, status: str, message: str | None = None):
-        """End the run: status "finished", "interrupted" or "diverged" (with a message) goes to
-        results.json, which is written one last time."""
-        self.results["status"] = status
-        if message:
-            self.results["message"] = message
+        """End the run: status "finished", "interrupted", "diverged" or "failed" (with a message)
+        goes to results.json, which is written one last time, and the run directory is released.
+        A write that fails here makes the run "failed" and raises RunWriteError; when the run is
+        failing already (a file could not be written, and the caller raises that), what still
+        fits is written and nothing is raised."""
         self.bar.close()
-        self.write_results()
-        self.writer.close()
+        failing_already = status == "failed"
+        error = None
+        try:
+            try:
+                self.writer.close()
+            except RunWriteError as failed:
+                error = failed
+            if error is not None and not failing_already:
+                status, message = "failed", str(error)
+            self.results["status"] = status
+            if message:
+                self.results["message"] = message
+            try:
+                self.write_results()
+            except RunWriteError as failed:
+                error = error or failed
+        finally:
+            release(self.output_dir)
+        if error is not None and not failing_already:
+            raise error
         if status == "finished":
             print(self.summary(), flush=True)
 
@@ -238,3 +268,60 @@ class RunLogger:
             f"  {self.wall_seconds() / 60:.1f} min, {results['updates_per_second'] or 0:.0f} "
             f"updates/s\n"
             f"  output: {self.output_dir}")
+
+
+class EventWriter:
+    """TensorBoard scalars, written by the training process itself (tensorboardX's
+    SummaryWriter writes from a background thread, where a full disk kills the thread and then
+    blocks the run): each `flush` appends whole records, and an error undoes a partial append
+    and raises RunWriteError. With `purge_step` (a resumed run), TensorBoard drops the earlier
+    events at or after that step, which the stopped process wrote after its last checkpoint."""
+
+    def __init__(self, directory: Path, last_checkpoint, purge_step: int | None = None):
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        self.path = directory / (f"events.out.tfevents.{int(time.time())}."
+                                 f"{socket.gethostname()}.{os.getpid()}")
+        self.last_checkpoint = last_checkpoint
+        self.pending = [Event(wall_time=time.time(), file_version="brain.Event:2")]
+        if purge_step is not None:
+            self.pending.append(Event(wall_time=time.time(), step=purge_step,
+                                      session_log=SessionLog(status=SessionLog.START)))
+        self.file = None
+        self.flush()
+
+    def add_scalar(self, tag: str, value: float, step: int):
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        self.pending.append(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
+
+    def flush(self):
+        from tensorboardX.record_writer import masked_crc32c
+
+        records = []
+        for event in self.pending:
+            data = event.SerializeToString()
+            header = struct.pack("<Q", len(data))
+            records += [header, struct.pack("<I", masked_crc32c(header)), data,
+                        struct.pack("<I", masked_crc32c(data))]
+        self.pending = []
+        try:
+            if self.file is None:
+                self.file = open(self.path, "ab", buffering=0)
+            size = self.file.tell()
+            try:
+                self.file.write(b"".join(records))
+            except OSError:
+                os.ftruncate(self.file.fileno(), size)  # whole records only
+                raise
+        except OSError as error:
+            raise RunWriteError("TensorBoard events", self.path, error, self.last_checkpoint(),
+                                self.path.parent, size=sum(map(len, records))) from None
+
+    def close(self):
+        if self.file is not None and not self.file.closed:
+            try:
+                self.flush()
+            finally:
+                self.file.close()

@@ -34,7 +34,9 @@ from common.checkpoints import (CheckpointError, args_json, latest_checkpoint, l
                                 load_latest, restore_states, save_checkpoint)
 from common.cli import NOT_COMPARED_ON_RESUME, flag
 from common.errors import ConfigError, OfflaxError
-from common.logger import RunLogger, default_output_dir
+from common.files import RunWriteError
+from common.logger import RunLogger
+from common.run_directory import create_new_directory, hold, run_status
 
 UPDATES_PER_CALL = 1000  # updates per host call at most: Ctrl-C and NaN are noticed this often
 
@@ -60,60 +62,68 @@ class RunAlreadyFinished(OfflaxError):
 
 
 def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
-    """The run's output directory, checked to be writable before anything slow happens, and with
-    `--resume` its latest checkpoint, checked to be this algorithm's with these arguments."""
-    checkpoint = None
-    if args.resume:
-        directory = Path(args.resume)
-        if args.output_dir and Path(args.output_dir).resolve() != directory.resolve():
-            raise ConfigError(
-                f"--output-dir ({args.output_dir}) and --resume ({args.resume}) name different "
-                "directories; a resumed run continues in its own directory: give --resume only.")
-        checkpoint = load_latest(directory)
-        if checkpoint["algorithm"] != algorithm:
-            raise CheckpointError(
-                f"'{directory}' is a run of {checkpoint['algorithm']}, not of {algorithm}: resume "
-                f"it with algorithms/{checkpoint['algorithm']}.py.")
-        differences = args_differences(json.loads(checkpoint["args"]), json.loads(args_json(args)))
-        if differences:
-            raise ConfigError(
-                f"Cannot resume '{directory}' with different arguments: "
-                + "; ".join(differences) + ". A resumed run must repeat its run exactly. Resume "
-                f"with --resume {directory} alone (it reuses the run's arguments), or start a new "
-                "run in another --output-dir.")
-        if run_status(directory) == "finished":
-            raise RunAlreadyFinished(
-                f"'{directory}' is a finished run ({checkpoint['update']} of {args.total_updates} "
-                f"updates): nothing to resume, and no file was changed. Its scores are in "
-                f"{directory / 'results.json'}; `python -m common.evaluate {directory}` evaluates "
-                "its policy again.")
-    else:
-        directory = Path(args.output_dir or default_output_dir(algorithm, args.env))
-        if (directory / "results.json").exists() or latest_checkpoint(directory):
-            raise ConfigError(
-                f"'{directory}' already holds a run (results.json or checkpoints). Continue it "
-                f"with --resume {directory}, or choose another --output-dir.")
-    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    """The run's output directory, held by this process (common/run_directory.py) and so known
+    to be writable before anything slow happens, and with `--resume` its latest checkpoint,
+    checked to be this algorithm's with these arguments."""
+    held = None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-        for new_directory in created:  # deepest first: a run that fails on its input leaves none
-            new_directory.rmdir()
+        if args.resume:
+            directory = Path(args.resume)
+            if args.output_dir and Path(args.output_dir).resolve() != directory.resolve():
+                raise ConfigError(
+                    f"--output-dir ({args.output_dir}) and --resume ({args.resume}) name "
+                    "different directories; a resumed run continues in its own directory: give "
+                    "--resume only.")
+            if directory.is_dir() and run_status(directory) != "finished":  # finished: read only
+                held = hold(directory, created=False)
+            return directory, resumable_checkpoint(algorithm, args, directory)
+        if args.output_dir:
+            directory = Path(args.output_dir)
+            created = not directory.exists()
+            directory.mkdir(parents=True, exist_ok=True)
+            held = hold(directory, created)
+            if (directory / "results.json").exists() or latest_checkpoint(directory):
+                raise ConfigError(
+                    f"'{directory}' already holds a run (results.json or checkpoints). Continue "
+                    f"it with --resume {directory}, or choose another --output-dir.")
+            return directory, None
+        directory = create_new_directory(algorithm, args.env, args.seed)
+        held = hold(directory, created=True)
+        return directory, None
+    except OfflaxError:
+        if held is not None:
+            held.release()
+        raise
     except OSError as error:
+        if held is not None:
+            held.release()
+        where = args.resume or args.output_dir or "runs/"
         raise ConfigError(
-            f"Cannot write to the output directory '{directory}' ({type(error).__name__}: "
+            f"Cannot write to the output directory '{where}' ({type(error).__name__}: "
             f"{error.strerror or error}). Choose a writable one with --output-dir.") from None
-    return directory, checkpoint
 
 
-def run_status(directory: Path) -> str | None:
-    """The `status` of the run's results.json (None where there is none)."""
-    try:
-        return json.loads((directory / "results.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+def resumable_checkpoint(algorithm: str, args, directory: Path) -> dict:
+    """The latest checkpoint of the run in `directory`, if `args` may continue it."""
+    checkpoint = load_latest(directory)
+    if checkpoint["algorithm"] != algorithm:
+        raise CheckpointError(
+            f"'{directory}' is a run of {checkpoint['algorithm']}, not of {algorithm}: resume "
+            f"it with algorithms/{checkpoint['algorithm']}.py.")
+    differences = args_differences(json.loads(checkpoint["args"]), json.loads(args_json(args)))
+    if differences:
+        raise ConfigError(
+            f"Cannot resume '{directory}' with different arguments: "
+            + "; ".join(differences) + ". A resumed run must repeat its run exactly. Resume "
+            f"with --resume {directory} alone (it reuses the run's arguments), or start a new "
+            "run in another --output-dir.")
+    if run_status(directory) == "finished":
+        raise RunAlreadyFinished(
+            f"'{directory}' is a finished run ({checkpoint['update']} of {args.total_updates} "
+            f"updates): nothing to resume, and no file was changed. Its scores are in "
+            f"{directory / 'results.json'}; `python -m common.evaluate {directory}` evaluates "
+            "its policy again.")
+    return checkpoint
 
 
 def args_differences(saved: dict, given: dict) -> list[str]:
@@ -167,40 +177,44 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
 
     find_non_finite = jax.jit(non_finite_leaves)
     with ctrl_c_requests(logger.output_dir) as ctrl_c:
-        while logger.updates < args.total_updates:
-            first_update = logger.updates
-            num_updates = chunk_size(first_update, args, update_multiple)
-            start = time.perf_counter()
-            new_states, metrics = jax.block_until_ready(train_chunk(states, num_updates))
-            seconds = time.perf_counter() - start
-            metrics = jax.device_get(metrics)
-            problem = divergence(metrics, jax.device_get(find_non_finite(new_states)),
-                                 first_update, num_updates, logger.seeds)
-            if problem:
-                last = latest_checkpoint(logger.output_dir)
-                kept = (f"The last finite checkpoint, {last}, is kept (`python -m "
-                        f"common.evaluate {logger.output_dir}` evaluates its policy)."
-                        if last else "No checkpoint had been written yet.")
-                kept += (" Resuming would diverge again at the same update: start a new run "
-                         "with a change, e.g. a lower learning rate or another reward scale.")
-                message = f"Training diverged: {problem}. {kept}"
-                logger.finish("diverged", message)
-                raise TrainingDiverged(message)
-            states = new_states
-            logger.log_training(num_updates, seconds, metrics)
-            evaluation_due = (logger.updates % args.eval_interval == 0
-                              or logger.updates == args.total_updates)
-            if evaluation_due:
-                logger.log_evaluation(evaluate(states))
-            if evaluation_due or ctrl_c.requested:
-                path = save()
-            if ctrl_c.requested and logger.updates < args.total_updates:
-                message = (f"stopped at update {logger.updates} of {args.total_updates}. The "
-                           f"checkpoint {path} and a partial results.json are saved; continue "
-                           f"with: python {Path(sys.argv[0]).as_posix()} --resume "
-                           f"{logger.output_dir}")
-                logger.finish("interrupted", message)
-                raise TrainingInterrupted(message)
+        try:
+            while logger.updates < args.total_updates:
+                first_update = logger.updates
+                num_updates = chunk_size(first_update, args, update_multiple)
+                start = time.perf_counter()
+                new_states, metrics = jax.block_until_ready(train_chunk(states, num_updates))
+                seconds = time.perf_counter() - start
+                metrics = jax.device_get(metrics)
+                problem = divergence(metrics, jax.device_get(find_non_finite(new_states)),
+                                     first_update, num_updates, logger.seeds)
+                if problem:
+                    last = latest_checkpoint(logger.output_dir)
+                    kept = (f"The last finite checkpoint, {last}, is kept (`python -m "
+                            f"common.evaluate {logger.output_dir}` evaluates its policy)."
+                            if last else "No checkpoint had been written yet.")
+                    kept += (" Resuming would diverge again at the same update: start a new run "
+                             "with a change, e.g. a lower learning rate or another reward scale.")
+                    message = f"Training diverged: {problem}. {kept}"
+                    logger.finish("diverged", message)
+                    raise TrainingDiverged(message)
+                states = new_states
+                logger.log_training(num_updates, seconds, metrics)
+                evaluation_due = (logger.updates % args.eval_interval == 0
+                                  or logger.updates == args.total_updates)
+                if evaluation_due:
+                    logger.log_evaluation(evaluate(states))
+                if evaluation_due or ctrl_c.requested:
+                    path = save()
+                if ctrl_c.requested and logger.updates < args.total_updates:
+                    message = (f"stopped at update {logger.updates} of {args.total_updates}. The "
+                               f"checkpoint {path} and a partial results.json are saved; continue "
+                               f"with: python {Path(sys.argv[0]).as_posix()} --resume "
+                               f"{logger.output_dir}")
+                    logger.finish("interrupted", message)
+                    raise TrainingInterrupted(message)
+        except RunWriteError as error:  # a full disk: say so once, keep what is complete
+            logger.finish("failed", str(error))
+            raise
     logger.results["checkpoints"] = [str(p) for p in list_checkpoints(logger.output_dir)]
     return states
 

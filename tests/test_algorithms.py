@@ -67,7 +67,7 @@ def test_every_flag_is_documented_in_help(name):
     # one default per flag: the rows of a flag's help (up to the next flag) name it at most once
     for entry in re.split(r"\n[│|\s]*--", help_text):
         assert entry.count("(default") <= 1, entry
-    assert "(default: runs/" + name + "/<env>/<date-time>)" in help_text
+    assert "(default: runs/" + name + "/<env>/<date-time>-seed<S>-<id>)" in help_text
 
 
 def test_iql_dataset_overrides_are_defaults_that_flags_override():
