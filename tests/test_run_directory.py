@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def wait_until_held(run: Path, process):
     wait_for(lock, process)
     while lock.read_text().strip() != str(process.pid):
         assert process.poll() is None, process.stdout.read()
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("second", ["--resume", "--output-dir"])
@@ -128,7 +130,7 @@ def test_a_second_writer_is_refused_and_the_first_finishes_unharmed(tmp_path, se
     flags = cli_flags(**{**SMALL, "total_updates": 3000, "eval_interval": 500})
     if second == "--resume":  # a killed run, resumed twice at once
         killed = start("bc", *flags, "--output-dir", str(run))
-        wait_for(run / "checkpoints", killed)
+        wait_for(run / "checkpoints" / "checkpoint_000000500.msgpack", killed)
         killed.kill()
         killed.wait()
         first = start("bc", "--resume", str(run))
