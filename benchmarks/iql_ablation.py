@@ -1,7 +1,9 @@
 """IQL: what matters. One choice changed at a time from the authors' IQL, and all together.
 
 Each variant is algorithms/iql.py with a few flags (VARIANTS below: the choices where the authors'
-code and other implementations, d3rlpy and CORL, differ). Every (variant, dataset) is one run of
+code and other implementations, d3rlpy and CORL, differ). "all-d3rlpy" is d3rlpy's IQL; CORL's
+differs from the authors' in its initialisation (PyTorch's), its observation normalisation and
+its unclipped actions. Every (variant, dataset) is one run of
 N seeds in its own process and output directory under `--runs-dir`; its results.json is copied to
 `benchmarks/results/iql_ablation/<variant>__<dataset>.json` when it finishes. A run whose copy
 exists is skipped, and one that was stopped is resumed from its latest checkpoint, so the
@@ -53,10 +55,13 @@ VARIANTS = {
     "no-action-clip": ("dataset actions not clipped to 1 - 1e-5",
                        {"clip-dataset-actions": False}),
     "all-d3rlpy": ("all of the above: d3rlpy's IQL", D3RLPY),
+    "normalized-observations": ("states normalised by the dataset's mean and std (CORL)",
+                                {"normalize-observations": True}),
 }
 # The authors' defaults, spelled out, so that a variant means the same after a default changes.
 AUTHORS = {"hidden-init": "orthogonal", "output-init": "orthogonal", "q-target-value": "updated",
-           "actor-schedule": "cosine", "log-std-bound": "clip", "clip-dataset-actions": True}
+           "actor-schedule": "cosine", "log-std-bound": "clip", "clip-dataset-actions": True,
+           "normalize-observations": False}
 DATASETS = ("offlax/halfcheetah/medium-expert-v1", "offlax/hopper/medium-replay-v1",
             "offlax/walker2d/medium-v1")
 DIAGNOSTICS = ("weights_ess", "weights_clipped_fraction", "log_std_mean", "log_likelihood",
