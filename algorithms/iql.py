@@ -407,8 +407,11 @@ def main(args: Args) -> dict:
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
-    # jitted: initialising every seed is one compilation, not one per operation
-    states = jax.jit(jax.vmap(init))(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    # Not jitted, unlike the other files: one executable that holds several orthogonal
+    # initialisations runs their LAPACK QR kernels at once, and on a 2-core CPU they deadlock
+    # in jaxlib's thread pool (full-size HalfCheetah networks, 3 seeds: measured). Op by op,
+    # they run one after another.
+    states = jax.vmap(init)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
                          args.eval_episodes, action_scaling)

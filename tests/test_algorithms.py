@@ -229,3 +229,21 @@ def test_iql_results_json_has_each_seeds_diagnostics_per_evaluation(tmp_path):
     # the policy narrows from its initial log std 0 as it fits the expert's actions
     assert all(a < 0 and b < a for a, b in zip(first["log_std_mean"], last["log_std_mean"]))
     assert all(b > a for a, b in zip(first["log_likelihood"], last["log_likelihood"]))
+
+
+def test_iql_starts_at_full_size_with_three_seeds(tmp_path):
+    """Full-size HalfCheetah networks, 3 seeds: initialising them inside one jitted call hung
+    for ever on a 2-core CPU (jaxlib's QR kernels of the orthogonal initialiser, run at once,
+    deadlocked in its thread pool). The run must start, train and finish."""
+    from test_reliability import write_hdf5
+
+    rewards = np.random.default_rng(0).normal(size=2000).astype(np.float32)
+    path = write_hdf5(tmp_path / "halfcheetah-medium-v2.hdf5", n=2000, obs_dim=17, action_dim=6,
+                      env_id="HalfCheetah-v5", rewards=rewards)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "algorithms" / "iql.py"), "--env", path, "--num-seeds", "3",
+         "--total-updates", "2", "--eval-interval", "2", "--eval-episodes", "1", "--batch-size",
+         "8", "--output-dir", str(tmp_path / "run")],  # about 20 s here; a hang never ends
+        capture_output=True, text=True, timeout=180, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "finished"
