@@ -72,9 +72,9 @@ def save_checkpoint(run_dir, update: int, payload: dict, keep: int) -> Path:
     tree = {**payload, "format": CHECKPOINT_FORMAT, "update": update,
             "states": serialization.to_state_dict(jax.device_get(states))}
     path = directory / f"checkpoint_{update:09d}.msgpack"
-    last = list_checkpoints(run_dir)
     write_atomically(path, serialization.msgpack_serialize(tree), "the checkpoint",
-                     last_checkpoint=last[-1] if last else None, run_dir=run_dir, durable=True)
+                     last_checkpoint=lambda: latest_checkpoint(run_dir), run_dir=run_dir,
+                     durable=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
     return path

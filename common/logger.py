@@ -33,6 +33,9 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import serialization
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.record_writer import masked_crc32c
+from tensorboardX.summary import scalar
 from tqdm import tqdm
 
 from common.checkpoints import latest_checkpoint
@@ -278,8 +281,6 @@ class EventWriter:
     events at or after that step, which the stopped process wrote after its last checkpoint."""
 
     def __init__(self, directory: Path, last_checkpoint, purge_step: int | None = None):
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
-
         self.path = directory / (f"events.out.tfevents.{int(time.time())}."
                                  f"{socket.gethostname()}.{os.getpid()}")
         self.last_checkpoint = last_checkpoint
@@ -291,14 +292,9 @@ class EventWriter:
         self.flush()
 
     def add_scalar(self, tag: str, value: float, step: int):
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.summary import scalar
-
         self.pending.append(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
 
     def flush(self):
-        from tensorboardX.record_writer import masked_crc32c
-
         records = []
         for event in self.pending:
             data = event.SerializeToString()

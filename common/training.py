@@ -90,13 +90,11 @@ def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
         directory = create_new_directory(algorithm, args.env, args.seed)
         held = hold(directory, created=True)
         return directory, None
-    except OfflaxError:
+    except (OfflaxError, OSError) as error:
         if held is not None:
             held.release()
-        raise
-    except OSError as error:
-        if held is not None:
-            held.release()
+        if isinstance(error, OfflaxError):
+            raise
         where = args.resume or args.output_dir or "runs/"
         raise ConfigError(
             f"Cannot write to the output directory '{where}' ({type(error).__name__}: "
