@@ -30,7 +30,7 @@ import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
-from common.cli import check_args, parse_cli, run_main
+from common.cli import check_args, check_batch_size, parse_cli, run_main
 from common.datasets import DEFAULT_DATASET, Dataset, load_dataset
 from common.errors import ConfigError
 from common.evaluation import Evaluator, env_action_scaling
@@ -209,6 +209,7 @@ def main(args: Args) -> dict:
               f"highest-return of {episodes} trajectories, {len(kept)} of {dataset.size} "
               "transitions.")
         dataset = dataset.subset(kept)
+    check_batch_size(args, dataset.size)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))

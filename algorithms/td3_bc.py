@@ -34,7 +34,7 @@ import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
-from common.cli import check_args, parse_cli, run_main
+from common.cli import check_args, check_batch_size, parse_cli, run_main
 from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
@@ -238,10 +238,12 @@ def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics)
 
 
 def main(args: Args) -> dict:
-    check_args(args, update_multiple=args.policy_freq)
+    check_args(args, update_multiple=max(args.policy_freq, 1), positive=("alpha", "policy_freq"),
+               nonnegative=("policy_noise", "noise_clip"))
     output_dir, checkpoint = prepare_output_dir("td3_bc", args)
     dataset = load_dataset(args.env)
     action_scaling = env_action_scaling(dataset)
+    check_batch_size(args, dataset.size)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "algorithms"))
 
 import bc  # noqa: E402
+import cql  # noqa: E402
 import iql  # noqa: E402
 import td3_bc  # noqa: E402
 
@@ -34,7 +35,7 @@ from common.datasets import DEFAULT_DATASET, load_dataset  # noqa: E402
 from common.normalization import ActionScaling, observation_statistics  # noqa: E402
 from common.transitions import returns_to_go, transitions_on_device  # noqa: E402
 
-ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql}
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:

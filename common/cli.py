@@ -9,6 +9,7 @@ diverged, 130 interrupted (Ctrl-C; a checkpoint and a partial results.json are s
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from typing import Callable
@@ -65,13 +66,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_args(args, update_multiple: int = 1):
-    """The shared flags describe a run that can happen: positive sizes, an evaluation within
-    the run, and (for algorithms whose update is a fixed pattern of `update_multiple` steps)
-    chunk boundaries on that pattern."""
-    positive = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
-                "keep_checkpoints"]
-    for name in positive:
+def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open_unit=()):
+    """The flags describe a run that can happen: positive sizes, an evaluation within the run,
+    (for algorithms whose update is a fixed pattern of `update_multiple` steps) chunk boundaries
+    on that pattern, finite numbers, positive learning rates (`learning_rate`, every `*_lr`), a discount in
+    [0, 1], a target rate `tau` in (0, 1], and the algorithm's own coefficients: `positive`
+    (> 0), `nonnegative` (>= 0) and `open_unit` (strictly between 0 and 1) name them."""
+    sizes = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
+             "keep_checkpoints"]
+    for name in sizes:
         value = getattr(args, name)
         if value < 1:
             raise ConfigError(f"{flag(name)} must be at least 1, got {value}.")
@@ -88,6 +91,36 @@ def check_args(args, update_multiple: int = 1):
             f"--eval-interval ({args.eval_interval}) and --total-updates ({args.total_updates}) "
             f"must be multiples of {update_multiple}: one update step of this algorithm is "
             f"{update_multiple} gradient updates, and evaluations fall between steps.")
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag(field.name)} must be a finite number, got {value}.")
+        if (field.name.endswith("_lr") or field.name == "learning_rate") and value <= 0:
+            raise ConfigError(f"{flag(field.name)} is a learning rate and must be positive, got "
+                              f"{value}.")
+    if hasattr(args, "discount") and not 0.0 <= args.discount <= 1.0:
+        raise ConfigError(f"--discount (gamma) must lie in [0, 1], got {args.discount}; the "
+                          "papers use 0.99.")
+    if hasattr(args, "tau") and not 0.0 < args.tau <= 1.0:
+        raise ConfigError(f"--tau, the target networks' averaging rate, must lie in (0, 1] (1 "
+                          f"copies the online networks at every update), got {args.tau}.")
+    for names, test, words in ((positive, lambda v: v > 0, "positive"),
+                               (nonnegative, lambda v: v >= 0, "zero or positive"),
+                               (open_unit, lambda v: 0 < v < 1, "strictly between 0 and 1")):
+        for name in names:
+            if not test(getattr(args, name)):
+                raise ConfigError(f"{flag(name)} must be {words}, got {getattr(args, name)}.")
+
+
+def check_batch_size(args, num_transitions: int):
+    """A minibatch is drawn from the dataset with replacement; one larger than the dataset is
+    almost certainly a typo (and a huge one stalls the first compilation for minutes)."""
+    if args.batch_size > num_transitions:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} is larger than the dataset '{args.env}' "
+            f"({num_transitions} transitions). "
+            + ("Use --batch-size 256 (the papers') or any size up to the dataset's."
+               if num_transitions >= 256 else f"Use --batch-size {num_transitions} or less."))
 
 
 def enable_compilation_cache():

@@ -1,4 +1,4 @@
-"""Every loss of BC, TD3+BC and IQL against an independent numpy reference on fixed inputs.
+"""Every loss of BC, TD3+BC, IQL and CQL against an independent numpy reference on fixed inputs.
 
 The references re-run the networks in numpy from the parameter arrays (ReLU MLPs), so they check
 the whole loss: which network, which parameters (online or target), which action, which mask.
@@ -15,6 +15,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import cql  # noqa: E402
 import iql  # noqa: E402
 import td3_bc  # noqa: E402
 
@@ -311,3 +312,148 @@ def test_iql_q_target_and_loss(iql_state, batch):
     expected = sum(np.mean((np_mlp(layers, sa, k)[:, 0] - expected_target) ** 2) for k in range(2))
     loss, _ = iql.critic_loss(state.critic.params, state, batch, target)
     close(loss, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# CQL
+
+
+@pytest.fixture
+def cql_state():
+    args = cql.Args(hidden_dims=(8, 8))
+    state = cql.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    return args, state.replace(
+        actor=state.actor.replace(params=perturbed(state.actor.params, 11)),
+        critic=state.critic.replace(params=perturbed(state.critic.params, 12)),
+        critic_target=perturbed(state.critic_target, 13),
+    )
+
+
+def np_policy(actor_params, observations):
+    """Mean and log std of the tanh-Gaussian: log std = clip(m * l + b, -20, 2)."""
+    params = actor_params["params"]
+    out = np_mlp(params["MLP_0"], observations)
+    mean, raw = out[..., :ACTION_DIM], out[..., ACTION_DIM:]
+    log_std = np.clip(float(params["log_std_multiplier"]) * raw
+                      + float(params["log_std_offset"]), -20.0, 2.0)
+    return mean, log_std
+
+
+def np_tanh_log_prob(mean, log_std, pre_tanh):
+    """log N(u; mean, std) - log(1 - tanh(u)^2), summed, computed the direct way."""
+    return np.sum(-0.5 * ((pre_tanh - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * LOG_2PI
+                  - np.log(1.0 - np.tanh(pre_tanh.astype(np.float64)) ** 2), -1)
+
+
+def np_q(critic_params, observations, actions):
+    """Both Q-functions, (2, ...) over the leading shape of `actions`."""
+    layers = critic_params["params"]["VmapQNetwork_0"]["MLP_0"]
+    observations = np.broadcast_to(observations, actions.shape[:-1] + observations.shape[-1:])
+    sa = np.concatenate([observations, actions], -1)
+    return np.stack([np_mlp(layers, sa, k)[..., 0] for k in range(2)])
+
+
+def test_cql_tanh_gaussian_log_prob():
+    rng = np.random.default_rng(1)
+    mean, log_std = rng.normal(size=(5, 3)), rng.normal(scale=0.5, size=(5, 3))
+    pre_tanh = rng.normal(scale=2.0, size=(5, 3))
+    close(cql.tanh_gaussian_log_prob(jnp.asarray(mean), jnp.asarray(log_std),
+                                     jnp.asarray(pre_tanh)),
+          np_tanh_log_prob(mean, log_std, pre_tanh), atol=1e-4)
+    # far in the tails the stable form stays finite where 1 - tanh(u)^2 underflows to 0
+    assert np.isfinite(cql.tanh_gaussian_log_prob(jnp.zeros(1), jnp.zeros(1), jnp.full(1, 30.0)))
+
+
+def test_cql_policy_initial_log_std_is_offset_minus_one():
+    args = cql.Args(hidden_dims=(8,))
+    state = cql.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    params = state.actor.params["params"]
+    assert float(params["log_std_multiplier"]) == 1.0 and float(params["log_std_offset"]) == -1.0
+    # JaxCQL's output layer: variance_scaling(1e-2, fan_in, uniform), bound sqrt(3e-2 / 8)
+    assert np.abs(params["MLP_0"]["Dense_1"]["kernel"]).max() <= np.sqrt(3e-2 / 8)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_cql_actor_loss(cql_state, batch, warmup):
+    args, state = cql_state
+    args = cql.Args(hidden_dims=(8, 8), bc_warmup_updates=10 if warmup else 0)
+    key, alpha = jax.random.key(5), 0.3
+    mean, log_std = np_policy(state.actor.params, batch["observations"])
+    eps = np.asarray(jax.random.normal(key, mean.shape))  # the noise the loss draws from `key`
+    pre_tanh = mean + np.exp(log_std) * eps
+    log_pi = np_tanh_log_prob(mean, log_std, pre_tanh)
+    if warmup:  # step 0 < 10: behaviour cloning, log pi of the dataset's actions
+        objective = np_tanh_log_prob(mean, log_std, np.arctanh(batch["actions"]))
+    else:
+        objective = np_q(state.critic.params, batch["observations"], np.tanh(pre_tanh)).min(0)
+    loss, got_log_pi = cql.actor_loss(state.actor.params, state, batch, key, alpha, args)
+    close(got_log_pi, log_pi, atol=1e-4)
+    close(loss, np.mean(alpha * log_pi - objective), atol=1e-4)
+
+
+def test_cql_temperature_loss_by_hand():
+    log_pi = jnp.array([-1.0, 0.5, 2.0])  # mean 0.5; target entropy -2: -log_alpha * (0.5 - 2)
+    close(cql.temperature_loss({"value": jnp.asarray(0.4)}, log_pi, -2.0), 0.4 * 1.5)
+
+
+def test_cql_critic_target(cql_state, batch):
+    args, state = cql_state
+    key = jax.random.key(6)
+    mean, log_std = np_policy(state.actor.params, batch["next_observations"])
+    next_actions = np.tanh(mean + np.exp(log_std) * np.asarray(jax.random.normal(key, mean.shape)))
+    next_q = np_q(state.critic_target, batch["next_observations"], next_actions).min(0)
+    expected = batch["rewards"] + 0.99 * (1 - batch["terminals"]) * next_q
+    close(cql.critic_target(state, batch, key, args.discount), expected, atol=1e-4)
+
+
+def test_cql_proposals_and_their_log_densities(batch):
+    # a fresh policy (means near 0, std e^-1), whose actions arctanh inverts accurately
+    state = cql.init_state(jax.random.key(0), cql.Args(hidden_dims=(8, 8)), OBS_DIM, ACTION_DIM)
+    n = 4
+    actions, log_densities = cql.cql_proposals(state, batch, jax.random.key(7), n)
+    actions, log_densities = np.asarray(actions), np.asarray(log_densities)
+    assert actions.shape == (BATCH, 3 * n, ACTION_DIM) and log_densities.shape == (BATCH, 3 * n)
+    assert np.abs(actions[:, :n]).max() <= 1.0 and actions[:, :n].std() > 0.4  # uniform box
+    close(log_densities[:, :n], np.full((BATCH, n), ACTION_DIM * np.log(0.5)))
+    for part, observations in ((1, batch["observations"]), (2, batch["next_observations"])):
+        mean, log_std = np_policy(state.actor.params, observations)
+        sampled = actions[:, part * n:(part + 1) * n].astype(np.float64)
+        expected = np_tanh_log_prob(mean[:, None], log_std[:, None], np.arctanh(sampled))
+        close(log_densities[:, part * n:(part + 1) * n], expected, atol=1e-3)
+        assert sampled.std() > 0.1  # distinct samples
+
+
+@pytest.mark.parametrize("lagrange", [False, True])
+def test_cql_critic_loss(cql_state, batch, lagrange):
+    _, state = cql_state
+    args = cql.Args(hidden_dims=(8, 8), lagrange=lagrange, cql_alpha=5.0, target_action_gap=2.0,
+                    cql_temperature=0.7)
+    rng = np.random.default_rng(2)
+    proposals = rng.uniform(-1, 1, (BATCH, 6, ACTION_DIM)).astype(np.float32)
+    log_densities = rng.normal(size=(BATCH, 6)).astype(np.float32)
+    target = rng.normal(size=BATCH).astype(np.float32)
+    alpha_prime = 1.7
+    q_data = np_q(state.critic.params, batch["observations"], batch["actions"])  # (2, B)
+    q_prop = np_q(state.critic.params, batch["observations"][:, None], proposals)  # (2, B, 6)
+    z = (q_prop - log_densities) / 0.7
+    top = z.max(-1, keepdims=True)
+    soft_max = 0.7 * (np.log(np.exp(z - top).sum(-1)) + top[..., 0])
+    gap = (soft_max - q_data).mean(-1)  # per Q-function
+    penalty = alpha_prime * (5.0 * gap - 2.0) if lagrange else 5.0 * gap
+    expected = np.sum(np.mean((q_data - target) ** 2, -1) + penalty)
+    loss, (_, _, got_gap) = cql.critic_loss(state.critic.params, state, batch, jnp.asarray(target),
+                                            jnp.asarray(proposals), jnp.asarray(log_densities),
+                                            alpha_prime, args)
+    close(got_gap, gap, atol=1e-4)
+    close(loss, expected, atol=1e-4)
+
+
+def test_cql_lagrange_loss_raises_alpha_prime_while_the_gap_exceeds_tau():
+    args = cql.Args(cql_alpha=5.0, target_action_gap=2.0)
+    gap = jnp.array([1.0, 0.2])  # 5 * gap - 2 = 3, -1: sum 2
+    log_alpha_prime = {"value": jnp.asarray(np.log(1.5), jnp.float32)}
+    close(cql.lagrange_loss(log_alpha_prime, gap, args), -1.5 * 0.5 * 2.0)
+    grad = jax.grad(cql.lagrange_loss)(log_alpha_prime, gap, args)["value"]
+    assert grad < 0  # gradient descent on log alpha' raises alpha'
+    below = jax.grad(cql.lagrange_loss)(log_alpha_prime, jnp.array([0.1, 0.1]), args)["value"]
+    assert below > 0

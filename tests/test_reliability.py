@@ -21,6 +21,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import cql  # noqa: E402
 import iql  # noqa: E402
 import td3_bc  # noqa: E402
 
@@ -33,7 +34,7 @@ from common.transitions import unit_actions  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("generated_datasets")
 
-ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql}
 EXPERT = "offlax/invertedpendulum/expert-5000-v1"
 SMALL = dict(env=EXPERT, hidden_dims=(32, 32), eval_episodes=2, batch_size=64)
 
@@ -151,6 +152,28 @@ def test_ctrl_c_saves_a_checkpoint_and_partial_results_and_resume_is_bit_exact(t
     assert code == 0, output
     assert finish(reference)[0] == 0
     assert_same_run(tmp_path / "reference", tmp_path / "run")
+
+
+def test_cql_resume_is_bit_exact_across_its_warmup_and_lagrange_multiplier(tmp_path):
+    """CQL's behaviour-cloning warm-up ends at an update count kept in the policy's optimiser
+    state, and its Lagrange multiplier is a trained scalar: killed at 1000 updates, mid warm-up,
+    the resumed run must still switch at 1500 and match the uninterrupted run bit for bit."""
+    flags = [*cli_flags(**{**RUN, "total_updates": 4000, "eval_interval": 1000}), "--lagrange",
+             "--bc-warmup-updates", "1500"]
+    reference = start("cql", *flags, "--output-dir", str(tmp_path / "reference"))
+    killed = start("cql", *flags, "--output-dir", str(tmp_path / "run"))
+    wait_for(tmp_path / "run/checkpoints/checkpoint_000001000.msgpack", killed)
+    killed.send_signal(signal.SIGKILL)
+    assert finish(killed)[0] == -signal.SIGKILL
+    assert json.loads((tmp_path / "run/results.json").read_text())["updates"] < 4000
+
+    code, output = finish(start("cql", "--resume", str(tmp_path / "run")))
+    assert code == 0, output
+    assert finish(reference)[0] == 0
+    resumed = assert_same_run(tmp_path / "reference", tmp_path / "run")
+    checkpoint = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
+    assert set(checkpoint["states"]) >= {"log_alpha", "log_alpha_prime"}
+    assert all(x != 1.0 for x in resumed["evaluations"][-1]["train"]["alpha_prime"])
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -286,7 +309,7 @@ def test_nan_or_inf_in_the_dataset(field, tmp_path, capsys):
 
 
 def test_missing_reference_scores_fail_before_training(tmp_path, capsys):
-    path = write_hdf5(tmp_path / "custom-data.hdf5")
+    path = write_hdf5(tmp_path / "custom-data.hdf5", n=100)  # room for a batch of 64
     expect_bad_input(capsys, "bc", small_args("bc", tmp_path / "out", env=path),
                      "has no reference scores")
     assert not (tmp_path / "out").exists()
@@ -315,10 +338,40 @@ def test_actions_outside_the_action_space_are_clipped_with_a_warning():
     (dict(total_updates=1000, eval_interval=5000),
      "--eval-interval (5000) is larger than the run (--total-updates 1000)"),
     (dict(total_updates=1001, eval_interval=1001), "must be multiples of 2"),
+    (dict(discount=1.5), "--discount (gamma) must lie in [0, 1], got 1.5"),
+    (dict(discount=float("nan")), "--discount must be a finite number, got nan"),
+    (dict(tau=0.0), "--tau, the target networks' averaging rate, must lie in (0, 1]"),
+    (dict(actor_lr=-3e-4), "--actor-lr is a learning rate and must be positive, got -0.0003"),
+    (dict(critic_lr=float("inf")), "--critic-lr must be a finite number, got inf"),
+    (dict(alpha=0.0), "--alpha must be positive, got 0.0"),
+    (dict(policy_freq=0), "--policy-freq must be positive, got 0"),
+    (dict(noise_clip=-0.5), "--noise-clip must be zero or positive, got -0.5"),
 ])
 def test_impossible_sizes(flags, phrase, tmp_path, capsys):
     expect_bad_input(capsys, "td3_bc", small_args("td3_bc", tmp_path / "out", **flags), phrase)
     assert not (tmp_path / "out").exists(), "checked before anything is written"
+
+
+@pytest.mark.parametrize("name, flags, phrase", [
+    ("bc", dict(learning_rate=0.0), "--learning-rate is a learning rate and must be positive"),
+    ("iql", dict(value_lr=-1.0), "--value-lr is a learning rate and must be positive"),
+    ("cql", dict(cql_temperature=0.0), "--cql-temperature must be positive, got 0.0"),
+    ("cql", dict(clip_dataset_actions=1.0),
+     "--clip-dataset-actions must be strictly between 0 and 1, got 1.0"),
+])
+def test_out_of_range_coefficients_of_each_file(name, flags, phrase, tmp_path, capsys):
+    expect_bad_input(capsys, name, small_args(name, tmp_path / "out", **flags), phrase)
+    assert not (tmp_path / "out").exists(), "checked before anything is written"
+
+
+@pytest.mark.parametrize("name", ["bc", "td3_bc", "cql"])
+def test_a_batch_larger_than_the_dataset_is_refused_before_training(name, tmp_path, capsys):
+    start = time.perf_counter()
+    expect_bad_input(capsys, name, small_args(name, tmp_path / "out", batch_size=10_000_000),
+                     "--batch-size 10000000 is larger than the dataset",
+                     "(5000 transitions). Use --batch-size 256")
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "out").exists(), "nothing of the run is left"
 
 
 def test_unwritable_output_directory(tmp_path, capsys):
