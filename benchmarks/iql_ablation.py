@@ -8,6 +8,10 @@ N seeds in its own process and output directory under `--runs-dir`; its results.
 `benchmarks/results/iql_ablation/<variant>__<dataset>.json` when it finishes. A run whose copy
 exists is skipped, and one that was stopped is resumed from its latest checkpoint, so the
 ablation may be spread over sessions. `--jobs 2` runs two at once, each on one CPU thread.
+Every variant spells out all of its flags (AUTHORS below), so a variant means the same run
+whatever iql.py's defaults are; the `normalized-observations` runs are iql.py's defaults since
+this ablation, which are also the score runs (benchmarks/run_scores.py), so their results are
+shared with benchmarks/results/scores/.
 
     python benchmarks/iql_ablation.py                          # every variant, halfcheetah-me
     python benchmarks/iql_ablation.py --variants authors all-d3rlpy --jobs 2
@@ -55,7 +59,8 @@ VARIANTS = {
     "no-action-clip": ("dataset actions not clipped to 1 - 1e-5",
                        {"clip-dataset-actions": False}),
     "all-d3rlpy": ("all of the above: d3rlpy's IQL", D3RLPY),
-    "normalized-observations": ("states normalised by the dataset's mean and std (CORL)",
+    "normalized-observations": ("states normalised by the dataset's mean and std (CORL; "
+                                "iql.py's default since this ablation)",
                                 {"normalize-observations": True}),
 }
 # The authors' defaults, spelled out, so that a variant means the same after a default changes.
