@@ -217,7 +217,7 @@ def plot(runs: dict, envs: list[str]):
             updates = np.array([e["update"] for e in run["evaluations"]])
             scores = np.array([e["normalized_score"] for e in run["evaluations"]])
             ax.plot(updates, scores.mean(1), color=f"C{color}", label=variant,
-                    lw=2.5 if variant in ("authors", "all-d3rlpy") else 1.2)
+                    lw=2.5 if variant in ("authors", "all-d3rlpy", "normalized-observations") else 1.2)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)
