@@ -69,9 +69,9 @@ def flag(name: str) -> str:
 def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open_unit=()):
     """The flags describe a run that can happen: positive sizes, an evaluation within the run,
     (for algorithms whose update is a fixed pattern of `update_multiple` steps) chunk boundaries
-    on that pattern, finite numbers, positive learning rates (`learning_rate`, every `*_lr`), a discount in
-    [0, 1], a target rate `tau` in (0, 1], and the algorithm's own coefficients: `positive`
-    (> 0), `nonnegative` (>= 0) and `open_unit` (strictly between 0 and 1) name them."""
+    on that pattern, finite numbers, positive learning rates (`learning_rate`, every `*_lr`), a
+    discount in [0, 1], a target rate `tau` in (0, 1], and the algorithm's own coefficients:
+    `positive` (> 0), `nonnegative` (>= 0) and `open_unit` (strictly between 0 and 1) name them."""
     sizes = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
              "keep_checkpoints"]
     for name in sizes:
