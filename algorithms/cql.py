@@ -56,7 +56,6 @@ Run: python algorithms/cql.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
@@ -70,7 +69,8 @@ import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
-from common.cli import check_args, check_batch_size, parse_cli, run_main
+from common.cli import (apply_dataset_overrides, check_args, check_batch_size, parse_cli,
+                        run_main)
 from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
@@ -155,11 +155,7 @@ DATASET_OVERRIDES = {
 
 
 def dataset_defaults(env: str) -> Args:
-    defaults = Args(env=env)
-    for key, overrides in DATASET_OVERRIDES.items():
-        if key in env.lower():
-            defaults = dataclasses.replace(defaults, **overrides)
-    return defaults
+    return apply_dataset_overrides(Args(env=env), DATASET_OVERRIDES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common.run_directory import run_status  # noqa: E402
 SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
-ALGORITHMS = ("bc", "td3_bc", "iql", "cql")
+ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "bcq", "por")
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",
             "offlax/halfcheetah/medium-expert-v1")
 

@@ -1,4 +1,5 @@
-"""Updates per second of each algorithm at full size (256x256, batch 256), 1 and 5 seeds.
+"""Updates per second of each algorithm at full size (its default networks, batch 256), 1 and 5
+seeds.
 
 For every (algorithm, seeds) this compiles the algorithm's own `train_chunk` (lax.scan of
 `--chunk` updates inside vmap over seeds) on the embedded default dataset, times `--repeats`
@@ -27,15 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "algorithms"))
 
 import bc  # noqa: E402
+import bcq  # noqa: E402
 import cql  # noqa: E402
 import iql  # noqa: E402
+import por  # noqa: E402
 import td3_bc  # noqa: E402
 
 from common.datasets import DEFAULT_DATASET, load_dataset  # noqa: E402
 from common.normalization import ActionScaling, observation_statistics  # noqa: E402
 from common.transitions import returns_to_go, transitions_on_device  # noqa: E402
 
-ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql}
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql, "bcq": bcq, "por": por}
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
@@ -51,7 +54,10 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 
 
 def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
-    args = module.Args(num_seeds=num_seeds, total_updates=1_000_000, eval_interval=chunk)
+    # each file's networks (256x256; the authors' BCQ 400-300 and VAE 750-750, POR's execute
+    # policy 1024-1024), batch 256
+    args = module.Args(num_seeds=num_seeds, total_updates=1_000_000, eval_interval=chunk,
+                       batch_size=256)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     scaling = ActionScaling(-np.ones(action_dim, np.float32), np.ones(action_dim, np.float32))
     data = transitions_on_device(dataset, observation_statistics(dataset), scaling)
@@ -104,7 +110,7 @@ def main():
             print(json.dumps(row))
     device = str(jax.devices()[0])
     lines = [
-        f"# Throughput at full size (256x256, batch 256) on `{device}`",
+        f"# Throughput at full size (each file's networks, batch 256) on `{device}`",
         "",
         f"`python benchmarks/throughput.py` on {platform.processor() or platform.machine()}, "
         f"jax {jax.__version__}; dataset `{DEFAULT_DATASET}`; {options.chunk} updates per host call, "

@@ -48,6 +48,18 @@ def parse_cli(args_class, argv=None, defaults: Callable[[str], object] | None = 
     return tyro.cli(args_class, args=argv, default=default)
 
 
+def apply_dataset_overrides(args, table: dict):
+    """`args` with the per-dataset values of `table` (an algorithm's DATASET_OVERRIDES) that match
+    its --env: an entry matches when every word of its key occurs in the dataset name, and
+    entries apply in the table's order, so a later, more specific one ("hopper medium-replay")
+    wins over an earlier one ("hopper")."""
+    name = args.env.lower()
+    for key, values in table.items():
+        if all(word in name for word in key.split()):
+            args = dataclasses.replace(args, **values)
+    return args
+
+
 def args_from_dict(args_class, values: dict):
     """An Args from its `dataclasses.asdict` form read back from JSON (lists become tuples)."""
     hints = typing.get_type_hints(args_class)
@@ -66,20 +78,24 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open_unit=()):
+def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open_unit=(),
+               unit=()):
     """The flags describe a run that can happen: positive sizes, an evaluation within the run,
     (for algorithms whose update is a fixed pattern of `update_multiple` steps) chunk boundaries
     on that pattern, finite numbers, positive learning rates (`learning_rate`, every `*_lr`), a
     discount in [0, 1], a target rate `tau` in (0, 1], and the algorithm's own coefficients:
-    `positive` (> 0), `nonnegative` (>= 0) and `open_unit` (strictly between 0 and 1) name them."""
+    `positive` (> 0), `nonnegative` (>= 0), `open_unit` (strictly between 0 and 1) and `unit`
+    (in [0, 1]) name them."""
     sizes = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
              "keep_checkpoints"]
     for name in sizes:
         value = getattr(args, name)
         if value < 1:
             raise ConfigError(f"{flag(name)} must be at least 1, got {value}.")
-    if any(width < 1 for width in args.hidden_dims):
-        raise ConfigError(f"--hidden-dims must be positive layer widths, got {args.hidden_dims}.")
+    for field in dataclasses.fields(args):  # --hidden-dims, and e.g. BCQ's --vae-hidden-dims
+        widths = getattr(args, field.name)
+        if field.name.endswith("hidden_dims") and any(width < 1 for width in widths):
+            raise ConfigError(f"{flag(field.name)} must be positive layer widths, got {widths}.")
     if args.eval_interval > args.total_updates:
         raise ConfigError(
             f"--eval-interval ({args.eval_interval}) is larger than the run "
@@ -106,7 +122,8 @@ def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open
                           f"copies the online networks at every update), got {args.tau}.")
     for names, test, words in ((positive, lambda v: v > 0, "positive"),
                                (nonnegative, lambda v: v >= 0, "zero or positive"),
-                               (open_unit, lambda v: 0 < v < 1, "strictly between 0 and 1")):
+                               (open_unit, lambda v: 0 < v < 1, "strictly between 0 and 1"),
+                               (unit, lambda v: 0 <= v <= 1, "between 0 and 1")):
         for name in names:
             if not test(getattr(args, name)):
                 raise ConfigError(f"{flag(name)} must be {words}, got {getattr(args, name)}.")
@@ -116,11 +133,13 @@ def check_batch_size(args, num_transitions: int):
     """A minibatch is drawn from the dataset with replacement; one larger than the dataset is
     almost certainly a typo (and a huge one stalls the first compilation for minutes)."""
     if args.batch_size > num_transitions:
+        default = type(args).batch_size  # the file's default, from its paper or authors' code
         raise ConfigError(
             f"--batch-size {args.batch_size} is larger than the dataset '{args.env}' "
             f"({num_transitions} transitions). "
-            + ("Use --batch-size 256 (the papers') or any size up to the dataset's."
-               if num_transitions >= 256 else f"Use --batch-size {num_transitions} or less."))
+            + (f"Use --batch-size {default} (this algorithm's default) or any size up to the "
+               "dataset's." if num_transitions >= default
+               else f"Use --batch-size {num_transitions} or less."))
 
 
 def enable_compilation_cache():

@@ -46,8 +46,9 @@ def import_algorithm(name: str):
 
 
 def load_run(run_dir) -> dict:
-    """What evaluating a run needs: its results.json, policy parameters (leading seed axis),
-    statistics (observation mean / std, action bounds) and where the parameters came from."""
+    """What evaluating a run needs: its results.json, algorithm module, policy parameters
+    (leading seed axis), statistics (observation mean / std, action bounds) and where the
+    parameters came from."""
     from flax import serialization
 
     from common.checkpoints import load_latest
@@ -59,6 +60,7 @@ def load_run(run_dir) -> dict:
             f"'{run_dir}' holds no results.json, so it is not the output directory of a training "
             "run that got to its first evaluation. Give the --output-dir of a run.")
     results = json.loads(results_path.read_text())
+    module = import_algorithm(results["algorithm"])
     policy_path = run_dir / "policy.msgpack"
     if policy_path.exists():
         saved = serialization.msgpack_restore(policy_path.read_bytes())
@@ -66,10 +68,19 @@ def load_run(run_dir) -> dict:
         source = f"{policy_path} (final, update {results['updates']})"
     else:
         checkpoint = load_latest(run_dir)
-        params = checkpoint["states"]["actor"]["params"]
+        params = policy_params(module, checkpoint["states"])
         saved = checkpoint["statistics"]
         source = f"{checkpoint['path']} (latest checkpoint, update {checkpoint['update']})"
-    return {"results": results, "params": params, "statistics": saved, "source": source}
+    return {"results": results, "module": module, "params": params, "statistics": saved,
+            "source": source}
+
+
+def policy_params(module, states):
+    """The parameters the evaluation policy acts with, from a checkpoint's state: the actor's,
+    or what the algorithm's `policy_params` picks (BCQ acts with its VAE, actor and critic)."""
+    if hasattr(module, "policy_params"):
+        return module.policy_params(states)
+    return states["actor"]["params"]
 
 
 def evaluate_run(run_dir, episodes: int | None = None) -> dict:
@@ -82,8 +93,7 @@ def evaluate_run(run_dir, episodes: int | None = None) -> dict:
     from common.normalization import ActionScaling, ObservationStatistics
 
     run = load_run(run_dir)
-    results, statistics = run["results"], run["statistics"]
-    module = import_algorithm(results["algorithm"])
+    results, statistics, module = run["results"], run["statistics"], run["module"]
     args = args_from_dict(module.Args, results["args"])
     stats = ObservationStatistics(np.asarray(statistics["obs_mean"]),
                                   np.asarray(statistics["obs_std"]))
@@ -111,7 +121,7 @@ def record_video(evaluation: dict, path: Path) -> str:
     import gymnasium as gym
     import jax
 
-    from common.evaluation import EVAL_SEED_STRIDE
+    from common.evaluation import EVAL_SEED_STRIDE, episode_key, takes_key
 
     try:
         import imageio.v3 as iio
@@ -120,7 +130,11 @@ def record_video(evaluation: dict, path: Path) -> str:
     info, scaling = evaluation["info"], evaluation["scaling"]
     seed = evaluation["run"]["results"]["seeds"][0]
     params = jax.tree.map(lambda x: x[0], evaluation["params"])
-    act = jax.jit(evaluation["policy"])
+    policy = evaluation["policy"]
+    if takes_key(policy):  # the keys of the evaluation's own episode 0: the same actions
+        act = jax.jit(lambda p, o, step: policy(p, o, episode_key(seed * EVAL_SEED_STRIDE, step)))
+    else:
+        act = jax.jit(lambda p, o, step: policy(p, o))
     try:
         env = gym.make(info.env_id, render_mode="rgb_array")
         observation, _ = env.reset(seed=seed * EVAL_SEED_STRIDE)
@@ -132,8 +146,10 @@ def record_video(evaluation: dict, path: Path) -> str:
     total, done = 0.0, False
     bar = tqdm(total=env.spec.max_episode_steps, desc=f"recording {path.name}", unit="frame",
                leave=False)  # offscreen rendering takes most of the time  # fmt: skip
+    step = 0
     while not done:
-        action = np.asarray(act(params, observation[None].astype(np.float32)))[0]
+        action = np.asarray(act(params, observation[None].astype(np.float32), step))[0]
+        step += 1
         action = np.clip(scaling.from_unit(action), scaling.low, scaling.high)
         observation, reward, terminated, truncated, _ = env.step(action)
         total += float(reward)

@@ -2,13 +2,16 @@
 
 `Evaluator` steps `num_seeds x episodes` environments in one Gymnasium vector env and calls one
 jitted, vmapped policy per step: agent k's parameters act in its own `episodes` environments.
-Actions are deterministic, and the reset seeds are fixed (they depend on the agent's seed and the
-episode index only), so evaluating the same parameters twice gives the same returns, and agent k
-of a `--num-seeds N` run is evaluated on the same episodes as a single run with its seed.
+The reset seeds are fixed (they depend on the agent's seed and the episode index only), and so is
+the randomness of a stochastic policy (BCQ samples its candidate actions: at step t of an episode
+its key is fold_in(key(reset seed), t)). So evaluating the same parameters twice gives the same
+returns, and agent k of a `--num-seeds N` run is evaluated on the same episodes as a single run
+with its seed.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import gymnasium as gym
@@ -66,11 +69,23 @@ def make_env(dataset: Dataset) -> gym.Env:
     return env
 
 
+def takes_key(policy: Callable) -> bool:
+    """Whether `policy` is stochastic: policy(params, observations, key) rather than
+    policy(params, observations)."""
+    return len(inspect.signature(policy).parameters) == 3
+
+
+def episode_key(reset_seed: int, step) -> jax.Array:
+    """The key a stochastic policy acts with at `step` of the episode reset with `reset_seed`."""
+    return jax.random.fold_in(jax.random.key(reset_seed), step)
+
+
 class Evaluator:
-    """Runs `episodes` deterministic episodes for each of `len(seeds)` agents, all at once.
+    """Runs `episodes` episodes for each of `len(seeds)` agents, all at once.
 
     policy(params, observations) -> unit-box actions, for one agent and a batch of raw
-    observations (any observation normalisation happens inside it).
+    observations (any observation normalisation happens inside it); a stochastic policy takes a
+    third argument, a key, and is given one per episode and step (`episode_key`).
     """
 
     def __init__(self, env_id: str, policy: Callable, seeds, episodes: int,
@@ -81,9 +96,20 @@ class Evaluator:
         self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * self.num_envs)
         self.reset_seeds = [s * EVAL_SEED_STRIDE + e for s in self.seeds for e in range(episodes)]
 
+        agent_reset_seeds = jnp.asarray(self.reset_seeds).reshape(len(self.seeds), episodes)
+        stochastic = takes_key(policy)
+
+        def agent_policy(params, observations, reset_seeds, step):  # one agent, E episodes
+            if not stochastic:
+                return policy(params, observations)
+            keys = jax.vmap(episode_key, (0, None))(reset_seeds, step)
+            return jax.vmap(lambda o, k: policy(params, o[None], k)[0])(observations, keys)
+
         @jax.jit
-        def act(params, observations):  # params: (S, ...), observations: (S, E, obs_dim)
-            actions = action_scaling.from_unit(jax.vmap(policy)(params, observations))
+        def act(params, observations, step):  # params: (S, ...), observations: (S, E, obs_dim)
+            unit = jax.vmap(agent_policy, (0, 0, 0, None))(params, observations,
+                                                           agent_reset_seeds, step)
+            actions = action_scaling.from_unit(unit)
             return jnp.clip(actions, action_scaling.low, action_scaling.high)
 
         self.act = act
@@ -94,9 +120,11 @@ class Evaluator:
         shape = (len(self.seeds), self.episodes)
         returns = np.zeros(self.num_envs)
         running = np.ones(self.num_envs, bool)
+        step = 0
         while running.any():
             obs = observations.reshape(*shape, -1).astype(np.float32)
-            actions = np.asarray(self.act(params, obs)).reshape(self.num_envs, -1)
+            actions = np.asarray(self.act(params, obs, step)).reshape(self.num_envs, -1)
+            step += 1
             observations, rewards, terminated, truncated, _ = self.envs.step(actions)
             returns += np.where(running, rewards, 0.0)
             running &= ~(terminated | truncated)

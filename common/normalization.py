@@ -80,3 +80,13 @@ def iql_reward_scale(dataset: Dataset, scale: float = 1000.0) -> float:
         )
     return scale / spread
 
+
+
+def transform_rewards(dataset: Dataset, transform: str) -> np.ndarray:
+    """The dataset's rewards as IQL's and POR's authors train on them: "return-range" (locomotion)
+    times 1000 / (max - min episode return), "minus-one" (AntMaze) r - 1, "none" as they are."""
+    if transform == "return-range":
+        return dataset.rewards * iql_reward_scale(dataset)
+    if transform == "minus-one":
+        return dataset.rewards - 1.0
+    return dataset.rewards

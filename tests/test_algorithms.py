@@ -1,4 +1,4 @@
-"""BC, TD3+BC, IQL and CQL end to end: CLI, outputs, --num-seeds, and that they learn.
+"""BC, TD3+BC, IQL, CQL, BCQ and POR end to end: CLI, outputs, --num-seeds, and that they learn.
 
 Learning runs use small networks (64x64) on InvertedPendulum datasets from the generator
 (`offlax/invertedpendulum/...`, built from the committed behaviour policies in seconds), so they
@@ -22,11 +22,13 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import bcq  # noqa: E402
 import cql  # noqa: E402
 import iql  # noqa: E402
+import por  # noqa: E402
 import td3_bc  # noqa: E402
 
-ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql}
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql, "bcq": bcq, "por": por}
 SHARED_FLAGS = ("env", "seed", "num_seeds", "total_updates", "eval_interval", "eval_episodes",
                 "batch_size", "hidden_dims", "output_dir", "resume", "keep_checkpoints")
 EXPERT = "offlax/invertedpendulum/expert-5000-v1"  # 5 episodes of return 1000
@@ -36,9 +38,17 @@ MEDIUM_REPLAY = "offlax/invertedpendulum/medium-replay-v1"  # SAC's buffer up to
 pytestmark = pytest.mark.usefixtures("generated_datasets")
 
 
+# Small networks for the tests: every file's --hidden-dims, BCQ's VAE (750 x 750 by default)
+# and POR's execute policy (1024 x 1024).
+SMALL_NETWORKS = {"hidden_dims": (64, 64)}
+SMALL_NETWORKS_OF = {"bcq": dict(vae_hidden_dims=(64, 64)),
+                     "por": dict(actor_hidden_dims=(64, 64))}
+
+
 def run(name, tmp_path, **overrides):
     module = ALGORITHMS[name]
-    args = module.Args(**{"hidden_dims": (64, 64), "output_dir": str(tmp_path / name), **overrides})
+    args = module.Args(**{**SMALL_NETWORKS, **SMALL_NETWORKS_OF.get(name, {}),
+                          "output_dir": str(tmp_path / name), **overrides})
     return module.main(args)
 
 
@@ -69,6 +79,19 @@ def test_every_flag_is_documented_in_help(name):
     for entry in re.split(r"\n[│|\s]*--", help_text):
         assert entry.count("(default") <= 1, entry
     assert "(default: runs/" + name + "/<env>/<date-time>-seed<S>-<id>)" in help_text
+
+
+def test_por_dataset_overrides_take_the_most_specific_entry():
+    """The authors' scripts: POR-r with tau 0.5, alpha 3 on HalfCheetah and Walker2d; POR-q on
+    Hopper with alpha 50, and 25 on medium-replay; flags still win."""
+    walker = por.parse_args(["--env", "offlax/walker2d/medium-v1"])
+    assert (walker.guide_loss, walker.expectile, walker.alpha) == ("residual", 0.5, 3.0)
+    assert walker.reward_transform == "return-range"
+    assert por.parse_args(["--env", "hopper-medium-v2"]).alpha == 50.0
+    hopper = por.parse_args(["--env", "offlax/hopper/medium-replay-v1"])
+    assert (hopper.guide_loss, hopper.alpha) == ("q", 25.0)
+    assert por.parse_args(["--env", "hopper-medium-replay-v2", "--alpha", "7"]).alpha == 7.0
+    assert por.parse_args(["--env", MEDIUM_REPLAY]).alpha == por.Args.alpha
 
 
 def test_iql_dataset_overrides_are_defaults_that_flags_override():

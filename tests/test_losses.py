@@ -1,4 +1,5 @@
-"""Every loss of BC, TD3+BC, IQL and CQL against an independent numpy reference on fixed inputs.
+"""Every loss of BC, TD3+BC, IQL, CQL, BCQ and POR against an independent numpy reference on
+fixed inputs.
 
 The references re-run the networks in numpy from the parameter arrays (ReLU MLPs), so they check
 the whole loss: which network, which parameters (online or target), which action, which mask.
@@ -15,8 +16,10 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import bcq  # noqa: E402
 import cql  # noqa: E402
 import iql  # noqa: E402
+import por  # noqa: E402
 import td3_bc  # noqa: E402
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 6
@@ -457,3 +460,225 @@ def test_cql_lagrange_loss_raises_alpha_prime_while_the_gap_exceeds_tau():
     assert grad < 0  # gradient descent on log alpha' raises alpha'
     below = jax.grad(cql.lagrange_loss)(log_alpha_prime, jnp.array([0.1, 0.1]), args)["value"]
     assert below > 0
+
+
+# --------------------------------------------------------------------------------------------
+# BCQ
+
+
+@pytest.fixture
+def bcq_state():
+    args = bcq.Args(hidden_dims=(8, 8), vae_hidden_dims=(8, 8), phi=0.3, lmbda=0.6,
+                    n_target_actions=4, latent_clip=0.4)
+    state = bcq.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    return args, state.replace(
+        actor=state.actor.replace(params=perturbed(state.actor.params, 21)),
+        critic=state.critic.replace(params=perturbed(state.critic.params, 22)),
+        vae=state.vae.replace(params=perturbed(state.vae.params, 23)),
+        actor_target=perturbed(state.actor_target, 24),
+        critic_target=perturbed(state.critic_target, 25),
+    )
+
+
+def np_decode(vae_params, observations, latent):
+    layers = vae_params["params"]["decoder"]
+    observations = np.broadcast_to(observations, latent.shape[:-1] + observations.shape[-1:])
+    return np.tanh(np_mlp(layers, np.concatenate([observations, latent], -1)))
+
+
+def np_perturb(actor_params, observations, actions, phi):
+    observations = np.broadcast_to(observations, actions.shape[:-1] + observations.shape[-1:])
+    x = np.concatenate([observations, actions], -1)
+    return np.clip(actions + phi * np.tanh(np_mlp(actor_params["params"]["MLP_0"], x)), -1, 1)
+
+
+def np_latents(key, shape, clip):
+    """The latents the code draws from `key`: clip(N(0, I), -clip, clip)."""
+    return np.clip(np.asarray(jax.random.normal(key, shape)), -clip, clip)
+
+
+def test_bcq_vae_loss_is_reconstruction_plus_half_kl(bcq_state, batch):
+    _, state = bcq_state
+    key = jax.random.key(8)
+    out = np_mlp(state.vae.params["params"]["encoder"],
+                 np.concatenate([batch["observations"], batch["actions"]], 1))
+    latent_dim = 2 * ACTION_DIM
+    mean, log_std = out[:, :latent_dim], np.clip(out[:, latent_dim:], -4, 15)
+    std = np.exp(log_std)
+    z = mean + std * np.asarray(jax.random.normal(key, mean.shape))
+    reconstruction = np.mean((np_decode(state.vae.params, batch["observations"], z)
+                              - batch["actions"]) ** 2)
+    kl = -0.5 * np.mean(1 + np.log(std**2) - mean**2 - std**2)  # the authors' form
+    loss, (got_reconstruction, got_kl) = bcq.vae_loss(state.vae.params, state, batch, key, 0.5)
+    close(got_reconstruction, reconstruction)
+    close(got_kl, kl, atol=1e-4)
+    close(loss, reconstruction + 0.5 * kl, atol=1e-4)
+
+
+def test_bcq_perturbation_is_bounded_by_phi(bcq_state, batch):
+    args, state = bcq_state
+    # large weights saturate the tanh: the perturbation reaches its bound Phi and no further
+    params = jax.tree.map(lambda x: 20.0 * x, state.actor.params)
+    actions = np.array([[0.0, 0.5], [0.98, -0.98], [-1.0, 1.0], [0.2, 0.2], [0.9, -0.3],
+                        [-0.5, 0.0]], np.float32)
+    got = np.asarray(state.actor.apply_fn(params, batch["observations"], actions))
+    close(got, np_perturb(params, batch["observations"], actions, args.phi))
+    assert np.all(np.abs(got - actions) <= args.phi + 1e-6) and np.all(np.abs(got) <= 1.0)
+    unclipped = np.abs(actions) + args.phi < 1.0
+    assert np.abs(got - actions)[unclipped].max() > 0.99 * args.phi  # the bound is reached
+
+
+def test_bcq_soft_clipped_double_q_target_over_generated_actions(bcq_state, batch):
+    args, state = bcq_state
+    key = jax.random.key(9)
+    n, s_next = args.n_target_actions, batch["next_observations"][:, None]
+    z = np_latents(key, (BATCH, n, 2 * ACTION_DIM), args.latent_clip)
+    generated = np_decode(state.vae.params, s_next, z)
+    actions = np_perturb(state.actor_target, s_next, generated, args.phi)
+    q = np_q(state.critic_target, s_next, actions)  # (2, B, n)
+    soft = 0.6 * q.min(0) + 0.4 * q.max(0)
+    expected = batch["rewards"] + 0.99 * (1 - batch["terminals"]) * soft.max(-1)
+    close(bcq.critic_target(state, batch, key, args), expected, atol=1e-4)
+
+
+def test_bcq_critic_loss(bcq_state, batch):
+    _, state = bcq_state
+    target = np.linspace(-1, 2, BATCH).astype(np.float32)
+    q = np_q(state.critic.params, batch["observations"], batch["actions"])
+    loss, _ = bcq.critic_loss(state.critic.params, state, batch, target)
+    close(loss, np.sum(np.mean((q - target) ** 2, -1)), atol=1e-4)
+
+
+def test_bcq_actor_loss_follows_q1_of_perturbed_generated_actions(bcq_state, batch):
+    args, state = bcq_state
+    key = jax.random.key(10)
+    s = batch["observations"][:, None]
+    generated = np_decode(state.vae.params, s, np_latents(key, (BATCH, 1, 2 * ACTION_DIM),
+                                                          args.latent_clip))
+    actions = np_perturb(state.actor.params, s, generated, args.phi)
+    expected = -np_q(state.critic.params, s, actions)[0].mean()
+    loss, perturbation = bcq.actor_loss(state.actor.params, state, batch, key, args)
+    close(loss, expected, atol=1e-4)
+    close(perturbation, np.abs(actions - generated).mean())
+
+
+def test_bcq_acts_with_the_best_of_its_candidates_under_q1(bcq_state, batch):
+    from common.normalization import ObservationStatistics
+
+    args, state = bcq_state
+    args = bcq.Args(hidden_dims=(8, 8), vae_hidden_dims=(8, 8), phi=0.3, n_eval_actions=7)
+    policy = bcq.evaluation_policy(args, ACTION_DIM, ObservationStatistics.identity(OBS_DIM))
+    params = bcq.policy_params(state)
+    key = jax.random.key(11)
+    s = batch["observations"][:, None]
+    generated = np_decode(state.vae.params, s, np_latents(key, (BATCH, 7, 2 * ACTION_DIM), 0.5))
+    candidates = np_perturb(state.actor.params, s, generated, args.phi)
+    best = np_q(state.critic.params, s, candidates)[0].argmax(-1)
+    expected = candidates[np.arange(BATCH), best]
+    close(policy(params, jnp.asarray(batch["observations"]), key), expected)
+    # the checkpoint's state dict gives the same parameters as the training state
+    from flax import serialization
+
+    as_dict = bcq.policy_params(serialization.to_state_dict(state))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, as_dict)
+
+
+# --------------------------------------------------------------------------------------------
+# POR
+
+
+@pytest.fixture
+def por_state():
+    args = por.Args(hidden_dims=(8, 8), actor_hidden_dims=(8, 8), alpha=2.0, expectile=0.8,
+                    max_weight=3.0)
+    state = por.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    return args, state.replace(
+        actor=state.actor.replace(params=perturbed(state.actor.params, 31)),
+        guide=state.guide.replace(params=perturbed(state.guide.params, 32)),
+        value=state.value.replace(params=perturbed(state.value.params, 33)),
+        value_target=perturbed(state.value_target, 34),
+    )
+
+
+def np_v(value_params, observations):
+    """Both V-networks, (2, ...)."""
+    layers = value_params["params"]["VmapValueNetwork_0"]["MLP_0"]
+    return np.stack([np_mlp(layers, observations, k)[..., 0] for k in range(2)])
+
+
+def np_gaussian(policy_params, inputs):
+    params = policy_params["params"]
+    return np_mlp(params["MLP_0"], inputs), np.clip(np.asarray(params["log_std"]), -5, 2)
+
+
+def np_expectile(u, tau):
+    return np.where(u < 0, 1 - tau, tau) * u**2
+
+
+def test_por_value_target_and_expectile_loss(por_state, batch):
+    args, state = por_state
+    next_v = np_v(state.value_target, batch["next_observations"]).min(0)
+    target = batch["rewards"] + 0.99 * (1 - batch["terminals"]) * next_v
+    close(por.value_target(state, batch, 0.99), target, atol=1e-4)
+    v = np_v(state.value.params, batch["observations"])  # (2, B)
+    expected = np.mean([np_expectile(target - v[k], 0.8).mean() for k in range(2)])
+    loss, _ = por.value_loss(state.value.params, state, batch, jnp.asarray(target), 0.8)
+    close(loss, expected, atol=1e-4)
+
+
+def test_por_residual_guide_loss(por_state, batch):
+    args, state = por_state
+    target = np.linspace(-1.0, 1.5, BATCH).astype(np.float32)
+    v = np_v(state.value.params, batch["observations"]).min(0)
+    weights = np.minimum(np.exp(2.0 * (target - v)), 3.0)
+    assert (weights == 3.0).any() and (weights < 3.0).any()  # the clip is exercised
+    mean, log_std = np_gaussian(state.guide.params, batch["observations"])
+    log_prob = np_gaussian_log_prob(mean, log_std, batch["next_observations"])
+    loss, (got_weights, _) = por.residual_guide_loss(state.guide.params, state, batch,
+                                                     jnp.asarray(target), args)
+    close(got_weights, weights, atol=1e-4)
+    close(loss, -np.mean(weights * log_prob), atol=1e-4)
+
+
+def test_por_q_guide_loss(por_state, batch):
+    args, state = por_state
+    key = jax.random.key(12)
+    mean, log_std = np_gaussian(state.guide.params, batch["observations"])
+    proposed = mean + np.exp(log_std) * np.asarray(jax.random.normal(key, mean.shape))
+    v_proposed = np_v(state.value.params, proposed).min(0)
+    lmbda = 2.0 / np.abs(v_proposed).mean()
+    log_prob = np_gaussian_log_prob(mean, log_std, batch["next_observations"])
+    loss, (got_lambda, _) = por.q_guide_loss(state.guide.params, state, batch, key, args)
+    close(got_lambda, lmbda, atol=1e-4)
+    close(loss, -np.mean(lmbda * v_proposed + log_prob), atol=1e-4)
+    # lambda is a constant of the gradient (the authors' .detach())
+    grads = jax.grad(lambda p: por.q_guide_loss(p, state, batch, key, args)[0])(state.guide.params)
+
+    def with_constant_lambda(p):
+        m, s = state.guide.apply_fn(p, batch["observations"])
+        g = m + jnp.exp(s) * jax.random.normal(key, m.shape)
+        v_g = state.value.apply_fn(state.value.params, g).min(0)
+        return -(got_lambda * v_g + por.gaussian_log_prob(m, s, batch["next_observations"])).mean()
+
+    jax.tree.map(lambda a, b: close(a, np.asarray(b), atol=1e-4), grads,
+                 jax.grad(with_constant_lambda)(state.guide.params))
+
+
+def test_por_execute_policy_loss_clones_the_action_from_s_to_s_next(por_state, batch):
+    _, state = por_state
+    inputs = np.concatenate([batch["observations"], batch["next_observations"]], 1)
+    mean, log_std = np_gaussian(state.actor.params, inputs)
+    expected = -np.mean(np_gaussian_log_prob(mean, log_std, batch["actions"]))
+    close(por.actor_loss(state.actor.params, state, batch), expected, atol=1e-4)
+
+
+def test_por_acts_with_the_execute_policy_at_the_guides_proposal(por_state, batch):
+    from common.normalization import ObservationStatistics
+
+    args, state = por_state
+    policy = por.evaluation_policy(args, ACTION_DIM, ObservationStatistics.identity(OBS_DIM))
+    goal, _ = np_gaussian(state.guide.params, batch["observations"])
+    expected, _ = np_gaussian(state.actor.params,
+                              np.concatenate([batch["observations"], goal], 1))
+    close(policy(por.policy_params(state), jnp.asarray(batch["observations"])), expected,
+          atol=1e-4)

@@ -21,8 +21,10 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import bcq  # noqa: E402
 import cql  # noqa: E402
 import iql  # noqa: E402
+import por  # noqa: E402
 import td3_bc  # noqa: E402
 
 from common.checkpoints import CheckpointError, list_checkpoints, load_checkpoint  # noqa: E402
@@ -34,13 +36,17 @@ from common.transitions import unit_actions  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("generated_datasets")
 
-ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql}
+ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql, "bcq": bcq, "por": por}
 EXPERT = "offlax/invertedpendulum/expert-5000-v1"
 SMALL = dict(env=EXPERT, hidden_dims=(32, 32), eval_episodes=2, batch_size=64)
 
 
+SMALL_OF = {"bcq": dict(vae_hidden_dims=(32, 32)), "por": dict(actor_hidden_dims=(32, 32))}
+
+
 def small_args(name, output_dir, **overrides):
-    return ALGORITHMS[name].Args(**{**SMALL, "output_dir": str(output_dir), **overrides})
+    return ALGORITHMS[name].Args(**{**SMALL, **SMALL_OF.get(name, {}),
+                                    "output_dir": str(output_dir), **overrides})
 
 
 def cli_flags(**values):
@@ -358,18 +364,24 @@ def test_impossible_sizes(flags, phrase, tmp_path, capsys):
     ("cql", dict(cql_temperature=0.0), "--cql-temperature must be positive, got 0.0"),
     ("cql", dict(clip_dataset_actions=1.0),
      "--clip-dataset-actions must be strictly between 0 and 1, got 1.0"),
+    ("bcq", dict(lmbda=1.5), "--lmbda must be between 0 and 1, got 1.5"),
+    ("bcq", dict(phi=0.0), "--phi must be positive, got 0.0"),
+    ("bcq", dict(vae_hidden_dims=(0,)),
+     "--vae-hidden-dims must be positive layer widths, got (0,)"),
+    ("por", dict(expectile=1.0), "--expectile must be strictly between 0 and 1, got 1.0"),
+    ("por", dict(alpha=-3.0), "--alpha must be positive, got -3.0"),
 ])
 def test_out_of_range_coefficients_of_each_file(name, flags, phrase, tmp_path, capsys):
     expect_bad_input(capsys, name, small_args(name, tmp_path / "out", **flags), phrase)
     assert not (tmp_path / "out").exists(), "checked before anything is written"
 
 
-@pytest.mark.parametrize("name", ["bc", "td3_bc", "cql"])
+@pytest.mark.parametrize("name", ["bc", "td3_bc", "cql", "bcq", "por"])
 def test_a_batch_larger_than_the_dataset_is_refused_before_training(name, tmp_path, capsys):
     start = time.perf_counter()
     expect_bad_input(capsys, name, small_args(name, tmp_path / "out", batch_size=10_000_000),
                      "--batch-size 10000000 is larger than the dataset",
-                     "(5000 transitions). Use --batch-size 256")
+                     f"(5000 transitions). Use --batch-size {ALGORITHMS[name].Args.batch_size}")
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "out").exists(), "nothing of the run is left"
 
@@ -485,6 +497,31 @@ def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path, 
         assert frames.ndim == 4 and frames.shape[0] > 1 and frames.std() > 0
     else:
         assert last.startswith("video skipped: "), last
+
+
+def test_evaluate_of_a_stochastic_policy_from_its_checkpoint_repeats_the_run(tmp_path):
+    """BCQ acts with sampled candidates and with three networks: re-evaluated from its latest
+    checkpoint (no policy.msgpack), every agent's episodes return what the run's evaluation gave,
+    and the video of agent 0's first episode is that episode (the same keys, step by step)."""
+    results = bcq.main(small_args("bcq", tmp_path / "run", num_seeds=2, total_updates=300,
+                                  eval_interval=300, eval_episodes=3))
+    returns = np.asarray(results["evaluations"][-1]["episode_returns"])
+    assert len(set(returns.ravel())) > 1, "the test needs episodes that differ"
+    (tmp_path / "run" / "policy.msgpack").unlink()
+    video = tmp_path / "episode.gif"
+    output = subprocess.run(
+        [sys.executable, "-m", "common.evaluate", str(tmp_path / "run"), "--video", str(video)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert output.returncode == 0, output.stderr
+    lines = output.stdout.splitlines()
+    assert "latest checkpoint, update 300" in lines[1]
+    rows = {int(line.split()[0]): float(line.split()[1])
+            for line in lines if line.split()[0].isdigit()}
+    assert rows == pytest.approx(dict(zip(results["seeds"], returns.mean(1))), abs=0.05)
+    if lines[-1].startswith("video: "):  # an OpenGL backend is here
+        assert lines[-1].endswith(f"return {returns[0, 0]:.1f})"), lines[-1]
+    else:
+        assert lines[-1].startswith("video skipped: "), lines[-1]
 
 
 def test_evaluate_says_what_is_missing(tmp_path):

@@ -1,0 +1,396 @@
+"""POR: Xu, Jiang, Li & Zhan, "A Policy-Guided Imitation Approach for Offline Reinforcement
+Learning", NeurIPS 2022.
+
+Policy-guided Offline RL learns no Q-function. A state value V is fitted in-sample by expectile
+regression on one-step targets (paper Eq. 3); a guide policy g(s' | s) proposes the next state
+to reach, and an execute policy pi(a | s, s') imitates the action that led from s to s' in the
+data (Eq. 7). Acting is a = pi(s, g(s)) (means of both, as the authors' evaluate_por):
+
+    L_V     = E_{(s,r,s')~D} [ L_2^tau( r + gamma (1 - d) V'(s') - V(s) ) ],
+              L_2^tau(u) = |tau - 1(u < 0)| u^2
+    L_pi    = -E_{(s,a,s')~D} [ log pi(a | s, s') ]
+
+The guide is trained in one of the paper's two ways (--guide-loss):
+
+    POR-r ("residual", Eq. 6):  L_g = -E [ min(exp(alpha (r + gamma (1 - d) V'(s') - V(s))), 100)
+                                             log g(s' | s) ]
+    POR-q ("q", Eq. 5):         L_g = -E [ lambda V(g~) + log g(s' | s) ],  g~ ~ g(. | s),
+                                lambda = alpha / mean_B |V(g~)|           (not differentiated)
+
+V is the minimum of two V-networks trained on the same target (the authors' TwinV), V' their
+Polyak average (rate tau_target); the guide's weights and POR-q's V(g~) use the V just updated.
+Both policies are Gaussians with state-independent log std in [-5, 2] and unbounded means (the
+authors' GaussianPolicy); their learning rates decay to 0 by a cosine over the run.
+
+Authors' code: https://github.com/ryanxhr/POR (por.py, main.py, policy.py, value_functions.py;
+per-dataset values from run_mujoco.sh and run_antmaze.sh, in DATASET_OVERRIDES). Departures,
+each for a reason:
+- POR-q's behaviour term is the guide's own log-likelihood of the dataset's next state,
+  log g(s' | s), as the paper's Eq. 5 writes it. The authors' por.py instead pre-trains a
+  separate behaviour model b(s' | s) for 1M updates (pretrain.sh) and penalises -log b(g~ | s);
+  one file with one training phase keeps the paper's form.
+- Kernels as PyTorch's nn.Linear default, biases zero (as td3_bc.py and bcq.py); the authors'
+  PyTorch layers also draw biases from U(+-1/sqrt(fan_in)).
+- One learning rate per network: V's is main.py's --lr (1e-4), the two policies' the
+  --policy_lr 0.001 that run_mujoco.sh passes (a flag that the repository's main.py, with only
+  --lr, does not define). With 1e-4 the policies did not learn InvertedPendulum's
+  expert data in 5k updates (3 seeds scored 3, 3, 3); with 1e-3 all three reached 100 by 1k.
+Run: python algorithms/por.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax import struct
+from flax.training.train_state import TrainState
+
+from common.cli import (apply_dataset_overrides, check_args, check_batch_size, parse_cli,
+                        run_main)
+from common.datasets import DEFAULT_DATASET, load_dataset
+from common.evaluation import Evaluator, env_action_scaling
+from common.logger import RunLogger
+from common.normalization import (ObservationStatistics, observation_statistics,
+                                  transform_rewards)
+from common.training import prepare_output_dir, train
+from common.transitions import sample_batch, transitions_on_device
+
+
+@dataclass(frozen=True)
+class Args:
+    env: str = DEFAULT_DATASET
+    """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets/)"""
+    seed: int = 0
+    """seed of the first agent; agent k of --num-seeds N uses seed + k"""
+    num_seeds: int = 1
+    """independent agents trained at once in one process (jax.vmap over the training state)"""
+    total_updates: int = 1_000_000
+    """gradient updates per agent (authors' main.py n_steps: 10**6)"""
+    eval_interval: int = 5_000
+    """updates between evaluations (authors' main.py eval_period: 5000)"""
+    eval_episodes: int = 10
+    """evaluation episodes per agent and evaluation (authors' main.py: 10; AntMaze 50,
+    run_antmaze.sh)"""
+    batch_size: int = 256
+    """minibatch size (authors' main.py: 256)"""
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """hidden layers of V and of the guide policy (authors' main.py hidden_dim 256, n_hidden 2)"""
+    output_dir: Annotated[str | None, tyro.conf.arg(
+        metavar="DIR",
+        help_behavior_hint="(default: runs/por/<env>/<date-time>-seed<S>-<id>)")] = None
+    """output directory"""
+    resume: str | None = None
+    """output directory of an earlier run to continue from its latest checkpoint, with its own
+    arguments (other flags must agree with them)"""
+    keep_checkpoints: int = 3
+    """checkpoints kept in <output-dir>/checkpoints (one is written at every evaluation)"""
+    actor_lr: float = 1e-3
+    """execute policy learning rate, Adam, cosine-decayed to 0 over the run (authors'
+    run_mujoco.sh --policy_lr 0.001; por.py CosineAnnealingLR)"""
+    guide_lr: float = 1e-3
+    """guide policy learning rate, Adam, cosine-decayed to 0 over the run (authors'
+    run_mujoco.sh --policy_lr 0.001; por.py CosineAnnealingLR)"""
+    value_lr: float = 1e-4
+    """V learning rate, Adam (authors' main.py --lr: 1e-4)"""
+    discount: float = 0.99
+    """gamma (authors' main.py: 0.99)"""
+    tau: float = 0.005
+    """target V update rate (authors' por.py beta: 0.005)"""
+    expectile: float = 0.7
+    """tau of the expectile loss (authors' main.py --tau: 0.7; locomotion 0.5, run_mujoco.sh;
+    AntMaze 0.9, run_antmaze.sh)"""
+    alpha: float = 10.0
+    """POR-r: inverse temperature of the residual weights; POR-q: the weight of V (authors'
+    main.py: 10; see DATASET_OVERRIDES)"""
+    guide_loss: Literal["residual", "q"] = "residual"
+    """how the guide policy learns: weighted behaviour cloning of next states (POR-r, authors'
+    main.py --type default por_r) or maximising V at its proposals (POR-q)"""
+    max_weight: float = 100.0
+    """clip of the residual weights exp(alpha residual) (authors' por.py EXP_ADV_MAX: 100)"""
+    actor_hidden_dims: tuple[int, ...] = (1024, 1024)
+    """hidden layers of the execute policy pi(a | s, s') (authors' main.py: hidden_dim 1024,
+    n_hidden 2)"""
+    reward_transform: Literal["return-range", "minus-one", "none"] = "none"
+    """rewards as they are, times 1000 / (max return - min return) of the dataset's episodes
+    (locomotion), or minus 1 (AntMaze); chosen per dataset as the authors' main.py"""
+    normalize_observations: bool = False
+    """normalise states (and so the guide's next states) by the dataset's mean and std (authors'
+    main.py --normalize: off in run_mujoco.sh and run_antmaze.sh)"""
+
+
+# Per-dataset values: the authors' run_mujoco.sh (D4RL locomotion) and run_antmaze.sh, and
+# main.py's reward transforms. An entry applies when every word of its key is in the dataset
+# name, in this order (later entries win); flags given explicitly still win.
+DATASET_OVERRIDES = {
+    "halfcheetah": dict(reward_transform="return-range", expectile=0.5, alpha=3.0),
+    "walker2d": dict(reward_transform="return-range", expectile=0.5, alpha=3.0),
+    "hopper": dict(reward_transform="return-range", guide_loss="q", expectile=0.5, alpha=50.0),
+    "hopper medium-replay": dict(alpha=25.0),
+    "hopper medium-expert": dict(alpha=5.0),
+    "antmaze": dict(reward_transform="minus-one", expectile=0.9, alpha=10.0, eval_episodes=50),
+}
+
+
+def dataset_defaults(env: str) -> Args:
+    return apply_dataset_overrides(Args(env=env), DATASET_OVERRIDES)
+
+
+# --------------------------------------------------------------------------------------------
+# Networks. Kernels as PyTorch's nn.Linear default (the authors' code), biases zero.
+
+torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+class MLP(nn.Module):
+    hidden_dims: tuple[int, ...]
+    output_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden_dims:
+            x = nn.relu(nn.Dense(width, kernel_init=torch_linear_init)(x))
+        return nn.Dense(self.output_dim, kernel_init=torch_linear_init)(x)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # authors' policy.py
+
+
+class GaussianPolicy(nn.Module):
+    """N(mu(x), diag(exp(log_std))^2) with an unbounded mean and a state-independent log std
+    starting at 0, clipped to [-5, 2] (the authors' GaussianPolicy). The guide's x is s and its
+    output a next state; the execute policy's x is (s, s') and its output an action."""
+
+    hidden_dims: tuple[int, ...]
+    output_dim: int
+
+    @nn.compact
+    def __call__(self, inputs):
+        mean = MLP(self.hidden_dims, self.output_dim)(inputs)
+        log_std = self.param("log_std", nn.initializers.zeros, (self.output_dim,))
+        return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+
+def gaussian_log_prob(mean, log_std, x):
+    """log N(x; mean, diag(exp(log_std))^2), summed over the last axis."""
+    z = (x - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+
+class ValueNetwork(nn.Module):
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations):
+        return MLP(self.hidden_dims, 1)(observations).squeeze(-1)
+
+
+class DoubleV(nn.Module):
+    """V_1 and V_2 as one vmapped module: output (2, *batch) (the authors' TwinV)."""
+
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations):
+        ensemble = nn.vmap(ValueNetwork, variable_axes={"params": 0},
+                           split_rngs={"params": True}, in_axes=None, out_axes=0, axis_size=2)
+        return ensemble(self.hidden_dims)(observations)
+
+
+# --------------------------------------------------------------------------------------------
+# Training state: one agent. N seeds are this pytree with a leading axis of size N.
+
+
+class PORState(struct.PyTreeNode):
+    actor: TrainState  # the execute policy pi(a | s, s')
+    guide: TrainState  # the guide policy g(s' | s)
+    value: TrainState
+    value_target: dict
+    key: jax.Array
+
+
+def init_state(key, args: Args, obs_dim: int, action_dim: int) -> PORState:
+    key, actor_key, guide_key, value_key = jax.random.split(key, 4)
+    actor = GaussianPolicy(args.actor_hidden_dims, action_dim)
+    guide, value = GaussianPolicy(args.hidden_dims, obs_dim), DoubleV(args.hidden_dims)
+    observation = jnp.zeros((1, obs_dim))
+    value_params = value.init(value_key, observation)
+    cosine = lambda lr: optax.adam(optax.cosine_decay_schedule(lr, args.total_updates))  # noqa: E731
+    return PORState(
+        actor=TrainState.create(apply_fn=actor.apply, tx=cosine(args.actor_lr),
+                                params=actor.init(actor_key, jnp.zeros((1, 2 * obs_dim)))),
+        guide=TrainState.create(apply_fn=guide.apply, params=guide.init(guide_key, observation),
+                                tx=cosine(args.guide_lr)),
+        value=TrainState.create(apply_fn=value.apply, params=value_params,
+                                tx=optax.adam(args.value_lr)),
+        value_target=value_params,
+        key=key,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and the update
+
+
+def expectile_loss(diff, expectile: float):
+    """L_2^tau(u) = |tau - 1(u < 0)| u^2, elementwise."""
+    weight = jnp.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff**2
+
+
+def value_target(state: PORState, batch, discount: float):
+    """y = r + gamma (1 - d) min_i V'_i(s')."""
+    next_v = state.value.apply_fn(state.value_target, batch["next_observations"]).min(0)
+    return batch["rewards"] + discount * (1.0 - batch["terminals"]) * next_v
+
+
+def value_loss(value_params, state: PORState, batch, target, expectile: float):
+    """1/2 sum_i mean_B L_2^tau(y - V_i(s)): the mean over the two V-networks."""
+    v = state.value.apply_fn(value_params, batch["observations"])  # (2, B)
+    return expectile_loss(target - v, expectile).mean(-1).mean(), v
+
+
+def residual_guide_loss(guide_params, state: PORState, batch, target, args: Args):
+    """POR-r: -mean_B min(exp(alpha (y - V(s))), 100) log g(s' | s), V = min_i V_i (updated)."""
+    v = state.value.apply_fn(state.value.params, batch["observations"]).min(0)
+    weights = jnp.minimum(jnp.exp(args.alpha * (target - v)), args.max_weight)
+    mean, log_std = state.guide.apply_fn(guide_params, batch["observations"])
+    log_prob = gaussian_log_prob(mean, log_std, batch["next_observations"])
+    return -(weights * log_prob).mean(), (weights, log_prob)
+
+
+def q_guide_loss(guide_params, state: PORState, batch, key, args: Args):
+    """POR-q: -mean_B [ lambda V(g~) + log g(s' | s) ], g~ = mean + std eps (reparameterised),
+    lambda = alpha / mean_B |V(g~)| not differentiated, V = min_i V_i (updated)."""
+    mean, log_std = state.guide.apply_fn(guide_params, batch["observations"])
+    proposed = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    v_proposed = state.value.apply_fn(state.value.params, proposed).min(0)
+    lmbda = jax.lax.stop_gradient(args.alpha / jnp.abs(v_proposed).mean())
+    log_prob = gaussian_log_prob(mean, log_std, batch["next_observations"])
+    return -(lmbda * v_proposed + log_prob).mean(), (lmbda, log_prob)
+
+
+def actor_loss(actor_params, state: PORState, batch):
+    """-mean_B log pi(a | s, s'): behaviour cloning of the action that led from s to s'."""
+    inputs = jnp.concatenate([batch["observations"], batch["next_observations"]], -1)
+    mean, log_std = state.actor.apply_fn(actor_params, inputs)
+    return -gaussian_log_prob(mean, log_std, batch["actions"]).mean()
+
+
+def update(state: PORState, data, args: Args):
+    """One POR update: V and its target, then the guide (with the new V), then pi."""
+    key, batch_key, guide_key = jax.random.split(state.key, 3)
+    batch = sample_batch(data, batch_key, args.batch_size)
+
+    target = value_target(state, batch, args.discount)
+    (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(
+        state.value.params, state, batch, target, args.expectile)
+    value = state.value.apply_gradients(grads=grads)
+    state = state.replace(
+        value=value, key=key,
+        value_target=optax.incremental_update(value.params, state.value_target, args.tau))
+
+    metrics = {"value_loss": v_loss, "v_mean": v.mean(), "target_mean": target.mean()}
+    if args.guide_loss == "residual":
+        (g_loss, (weights, log_prob)), grads = jax.value_and_grad(
+            residual_guide_loss, has_aux=True)(state.guide.params, state, batch, target, args)
+        metrics |= {"weights_mean": weights.mean(),
+                    "weights_clipped_fraction": (weights >= args.max_weight).mean()}
+    else:
+        (g_loss, (lmbda, log_prob)), grads = jax.value_and_grad(q_guide_loss, has_aux=True)(
+            state.guide.params, state, batch, guide_key, args)
+        metrics["lambda"] = lmbda
+    state = state.replace(guide=state.guide.apply_gradients(grads=grads))
+
+    a_loss, grads = jax.value_and_grad(actor_loss)(state.actor.params, state, batch)
+    state = state.replace(actor=state.actor.apply_gradients(grads=grads))
+    metrics |= {"guide_loss": g_loss, "guide_log_likelihood": log_prob.mean(),
+                "actor_loss": a_loss}
+    return state, metrics
+
+
+@partial(jax.jit, static_argnames=("num_updates", "args"))
+def train_chunk(states: PORState, data, num_updates: int, args: Args):
+    """`num_updates` updates of every seed in one host call: lax.scan inside vmap over seeds."""
+
+    def one_agent(state):
+        return jax.lax.scan(lambda s, _: update(s, data, args), state, None, length=num_updates)
+
+    return jax.vmap(one_agent)(states)
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+
+
+def policy_params(states) -> dict:
+    """What the policy acts with: the guide and the execute policy (of a training state, or of
+    a checkpoint's state dict)."""
+    if isinstance(states, dict):
+        return {"guide": states["guide"]["params"], "actor": states["actor"]["params"]}
+    return {"guide": states.guide.params, "actor": states.actor.params}
+
+
+def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
+    """(params, raw observations) -> deterministic actions: pi's mean at (s, g's mean at s)."""
+    obs_dim = len(stats.mean)
+    actor = GaussianPolicy(args.actor_hidden_dims, action_dim)
+    guide = GaussianPolicy(args.hidden_dims, obs_dim)
+
+    def policy(params, observations):
+        observations = stats.normalize(observations)
+        goal = guide.apply(params["guide"], observations)[0]
+        return actor.apply(params["actor"], jnp.concatenate([observations, goal], -1))[0]
+
+    return policy
+
+
+def main(args: Args) -> dict:
+    """Train with `args` exactly as given. DATASET_OVERRIDES apply through `parse_args` (the
+    CLI); from Python, start from `dataset_defaults(env)` to get them."""
+    check_args(args, positive=("alpha", "max_weight"), open_unit=("expectile",))
+    output_dir, checkpoint = prepare_output_dir("por", args)
+    dataset = load_dataset(args.env)
+    action_scaling = env_action_scaling(dataset)
+    check_batch_size(args, dataset.size)
+    obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
+    stats = (observation_statistics(dataset) if args.normalize_observations
+             else ObservationStatistics.identity(obs_dim))
+    rewards = transform_rewards(dataset, args.reward_transform)
+    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
+
+    seeds = args.seed + np.arange(args.num_seeds)
+    init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)
+    # jitted: initialising every seed is one compilation, not one per operation
+    states = jax.jit(jax.vmap(init))(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+
+    evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, action_dim, stats), seeds,
+                         args.eval_episodes, action_scaling)
+    logger = RunLogger("por", args, dataset, seeds, output_dir, checkpoint)
+    statistics = dict(obs_mean=stats.mean, obs_std=stats.std,
+                      action_low=action_scaling.low, action_high=action_scaling.high)
+    # Evaluations, checkpoints, the NaN guard and Ctrl-C are common/training.py's; with --resume
+    # it continues from the checkpoint's state instead of these fresh ones.
+    states = train(states, lambda states, n: train_chunk(states, data, n, args),
+                   lambda states: evaluate(policy_params(states)), logger, args, statistics,
+                   checkpoint)
+    evaluate.close()
+    logger.save_policy(policy_params(states), **statistics)
+    logger.finish("finished")
+    return logger.results
+
+
+def parse_args(argv=None) -> Args:
+    """The CLI, where the chosen dataset's DATASET_OVERRIDES replace Args' defaults."""
+    return parse_cli(Args, argv, defaults=dataset_defaults)
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())
