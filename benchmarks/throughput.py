@@ -3,11 +3,17 @@ seeds.
 
 For every (algorithm, seeds) this compiles the algorithm's own `train_chunk` (lax.scan of
 `--chunk` updates inside vmap over seeds) on the embedded default dataset, times `--repeats`
-host calls after a warm-up call, and reads the FLOPs of one chunk from XLA's cost analysis. The
-CPU's attainable FLOP/s is measured with a jitted float32 matmul (the same XLA, the same threads),
-so "of peak" is the fraction of what XLA's dot reaches here.
+host calls after a warm-up call, and reads the FLOPs of one update from XLA's cost analysis.
+Without --chunk, each host call is sized to take about `--seconds-per-call` (from a first call
+of a few updates), so that CQL with 5 seeds takes seconds, not an hour. The CPU's attainable
+FLOP/s is measured with a jitted float32 matmul (the same XLA, the same threads) at every run,
+so "of peak" is the fraction of what XLA's dot reached in that run.
+
+Rows of the algorithms not measured now are kept from the existing results, each with its own
+matmul rate and date, so the table can be completed one algorithm at a time:
 
     python benchmarks/throughput.py            # writes benchmarks/results/throughput.{md,json}
+    python benchmarks/throughput.py --algorithms cql bcq por   # replaces only their rows
 """
 
 from __future__ import annotations
@@ -53,7 +59,13 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
+def measure(module, num_seeds: int, chunk: int | None, repeats: int, dataset,
+            seconds_per_call: float = 10.0) -> dict:
+    multiple = getattr(module.Args, "policy_freq", 1)  # TD3+BC's update step is 2 updates
+    if chunk is None:
+        probe = measure(module, num_seeds, 10 * multiple, 1, dataset)
+        chunk = int(probe["updates_per_second"] * seconds_per_call) // multiple * multiple
+        chunk = min(max(chunk, multiple), 2000)
     # each file's networks (256x256; the authors' BCQ 400-300 and VAE 750-750, POR's execute
     # policy 1024-1024), batch 256
     args = module.Args(num_seeds=num_seeds, total_updates=1_000_000, eval_interval=chunk,
@@ -81,7 +93,7 @@ def measure(module, num_seeds: int, chunk: int, repeats: int, dataset) -> dict:
         states, _ = jax.block_until_ready(compiled(states, data))
     seconds = time.perf_counter() - start
     updates_per_second = chunk * repeats / seconds
-    return {"algorithm": module.__name__, "seeds": num_seeds,
+    return {"algorithm": module.__name__, "seeds": num_seeds, "chunk": chunk,
             "updates_per_second": updates_per_second,
             "agent_updates_per_second": updates_per_second * num_seeds,
             "gflop_per_update": flops_per_update / 1e9,
@@ -93,47 +105,62 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 5])
-    parser.add_argument("--chunk", type=int, default=2000, help="updates per host call")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="updates per host call (default: sized by --seconds-per-call)")
+    parser.add_argument("--seconds-per-call", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed host calls")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"))
     options = parser.parse_args()
 
     dataset = load_dataset(DEFAULT_DATASET)
     peak = matmul_flops_per_second()
-    print(f"matmul: {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0]}")
+    device = str(jax.devices()[0])
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s on {device}")
+    out = Path(options.out)
+    measured = {(name, seeds) for name in options.algorithms for seeds in options.seeds}
+    kept = []
+    if out.with_suffix(".json").exists():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        for row in previous["rows"]:
+            row.setdefault("matmul_gflop_per_second", previous.get("matmul_gflop_per_second"))
+            if (row["algorithm"], row["seeds"]) not in measured:
+                kept.append(row)
     rows = []
     for name in options.algorithms:
         for num_seeds in options.seeds:
-            row = measure(ALGORITHMS[name], num_seeds, options.chunk, options.repeats, dataset)
+            row = measure(ALGORITHMS[name], num_seeds, options.chunk, options.repeats, dataset,
+                          options.seconds_per_call)
             row["fraction_of_matmul_peak"] = row["gflop_per_second"] * 1e9 / peak
+            row["matmul_gflop_per_second"] = peak / 1e9
+            row["date"] = time.strftime("%Y-%m-%d")
             rows.append(row)
             print(json.dumps(row))
-    device = str(jax.devices()[0])
+    order = list(ALGORITHMS)
+    rows = sorted(kept + rows, key=lambda r: (order.index(r["algorithm"]), r["seeds"]))
     lines = [
         f"# Throughput at full size (each file's networks, batch 256) on `{device}`",
         "",
         f"`python benchmarks/throughput.py` on {platform.processor() or platform.machine()}, "
-        f"jax {jax.__version__}; dataset `{DEFAULT_DATASET}`; {options.chunk} updates per host call, "
-        f"{options.repeats} timed calls after a warm-up. Matmul peak (jitted float32 2048^3 dot): "
-        f"**{peak / 1e9:.1f} GFLOP/s**. FLOPs per update from XLA's cost analysis of the compiled "
-        "chunk.",
+        f"jax {jax.__version__}; dataset `{DEFAULT_DATASET}`; host calls of about "
+        f"{options.seconds_per_call:g} s (the `chunk` column: updates per call), "
+        f"{options.repeats} timed calls after a warm-up. Matmul rate: a jitted float32 2048^3 "
+        "dot, measured in the same run as the row. FLOPs per update from XLA's cost analysis.",
         "",
         "| algorithm | seeds | updates/s (each seed) | seed-updates/s | GFLOP / update | GFLOP/s "
-        "| of matmul peak | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| matmul GFLOP/s | of matmul rate | chunk | compile s | measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['algorithm']} | {r['seeds']} | {r['updates_per_second']:.0f} | "
             f"{r['agent_updates_per_second']:.0f} | {r['gflop_per_update']:.3f} | "
-            f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul_peak']:.0%} | "
-            f"{r['compile_seconds']:.1f} |"
+            f"{r['gflop_per_second']:.1f} | {r['matmul_gflop_per_second']:.0f} | "
+            f"{r['fraction_of_matmul_peak']:.0%} | {r.get('chunk', '')} | "
+            f"{r['compile_seconds']:.1f} | {r.get('date', '')} |"
         )
-    out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    summary = {"device": device, "matmul_gflop_per_second": peak / 1e9, "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
     print("\n".join(lines))
 
 
