@@ -3,25 +3,25 @@ ICML 2019.
 
 Batch-Constrained Q-learning for continuous actions. A conditional VAE G_omega(s) models the
 dataset's actions; a perturbation model xi_phi(s, a, Phi) moves each generated action by at most
-Phi; the policy is the best of n perturbed samples under Q_1 (paper Eq. 10):
+Phi; the policy is the best of n perturbed samples under Q_1 (paper Sec. 4):
 
     pi(s) = argmax_{a_j + xi_phi(s, a_j, Phi)} Q_1(s, a_j + xi_phi(s, a_j, Phi)),
     a_j = D_omega(s, z_j),  z_j ~ clip(N(0, I), -0.5, 0.5),  j = 1..n.
 
-The VAE (paper Eq. 28-30, Appendix D) minimises reconstruction plus KL weighted by 1/2:
+The VAE (paper's supplementary material) minimises reconstruction plus KL weighted by 1/2:
 
     L_VAE = mean_{B,d} (D_omega(s, z) - a)^2 + 1/2 D_KL( N(mu, sigma^2) || N(0, I) ),
     z = mu + sigma eps,  (mu, log sigma) = E_omega(s, a),  log sigma clipped to [-4, 15],
     D_KL = -1/2 mean_{B,j} (1 + log sigma^2 - mu^2 - sigma^2)       (a mean, as the authors')
 
 The Q-functions regress on the soft clipped double-Q target over n = 10 perturbed samples at s'
-(paper Eq. 13):
+(paper Sec. 4):
 
     y = r + gamma (1 - d) max_{a_j} [ lambda min_{i=1,2} Q'_i(s', a_j)
                                       + (1 - lambda) max_{i=1,2} Q'_i(s', a_j) ],
     a_j = clip(a~_j + xi'(s', a~_j, Phi), -1, 1),  a~_j = D_omega(s', z_j),
 
-and the perturbation model follows Q_1 (DPG, paper Eq. 11):
+and the perturbation model follows Q_1 by the deterministic policy gradient:
 
     L_xi = -mean_B Q_1(s, clip(a~ + xi_phi(s, a~, Phi), -1, 1)),  a~ = D_omega(s, z),
     xi_phi(s, a, Phi) = Phi tanh(f_phi(s, a)).

@@ -2,9 +2,8 @@
 Learning", NeurIPS 2022.
 
 Policy-guided Offline RL learns no Q-function. A state value V is fitted in-sample by expectile
-regression on one-step targets (paper Eq. 3); a guide policy g(s' | s) proposes the next state
-to reach, and an execute policy pi(a | s, s') imitates the action that led from s to s' in the
-data (Eq. 7). Acting is a = pi(s, g(s)) (means of both, as the authors' evaluate_por):
+regression on one-step targets; a guide policy g(s' | s) proposes the next state to reach, and
+an execute policy pi(a | s, s') imitates the action that led from s to s' in the data. Acting is a = pi(s, g(s)) (means of both, as the authors' evaluate_por):
 
     L_V     = E_{(s,r,s')~D} [ L_2^tau( r + gamma (1 - d) V'(s') - V(s) ) ],
               L_2^tau(u) = |tau - 1(u < 0)| u^2
@@ -12,13 +11,13 @@ data (Eq. 7). Acting is a = pi(s, g(s)) (means of both, as the authors' evaluate
 
 The guide is trained in one of the paper's two ways (--guide-loss):
 
-    POR-r ("residual", Eq. 6):  L_g = -E [ min(exp(alpha (r + gamma (1 - d) V'(s') - V(s))), 100)
+    POR-r ("residual"):         L_g = -E [ min(exp(alpha (r + gamma (1 - d) V'(s') - V(s))), 100)
                                              log g(s' | s) ]
-    POR-q ("q", Eq. 5):         L_g = -E [ lambda V(g~) + log g(s' | s) ],  g~ ~ g(. | s),
+    POR-q ("q"):                L_g = -E [ lambda V(g~) + log g(s' | s) ],  g~ ~ g(. | s),
                                 lambda = alpha / mean_B |V(g~)|           (not differentiated)
 
 V is the minimum of two V-networks trained on the same target (the authors' TwinV), V' their
-Polyak average (rate tau_target); the guide's weights and POR-q's V(g~) use the V just updated.
+Polyak average (rate --tau); the guide's weights and POR-q's V(g~) use the V just updated.
 Both policies are Gaussians with state-independent log std in [-5, 2] and unbounded means (the
 authors' GaussianPolicy); their learning rates decay to 0 by a cosine over the run.
 
@@ -26,7 +25,7 @@ Authors' code: https://github.com/ryanxhr/POR (por.py, main.py, policy.py, value
 per-dataset values from run_mujoco.sh and run_antmaze.sh, in DATASET_OVERRIDES). Departures,
 each for a reason:
 - POR-q's behaviour term is the guide's own log-likelihood of the dataset's next state,
-  log g(s' | s), as the paper's Eq. 5 writes it. The authors' por.py instead pre-trains a
+  log g(s' | s), as the paper writes it. The authors' por.py instead pre-trains a
   separate behaviour model b(s' | s) for 1M updates (pretrain.sh) and penalises -log b(g~ | s);
   one file with one training phase keeps the paper's form.
 - Kernels as PyTorch's nn.Linear default, biases zero (as td3_bc.py and bcq.py); the authors'
