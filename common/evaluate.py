@@ -2,9 +2,10 @@
 
 RUN_DIR is the output directory of a training run. Its final policy (policy.msgpack) is used, or,
 for a run that has not finished, the policy of its latest checkpoint. Every agent (seed) of the
-run plays N deterministic episodes; the raw and D4RL-normalised returns are printed per agent.
-The episodes are the ones the run's own evaluations used (same reset seeds), so with N equal to
-the run's --eval-episodes the final returns in results.json are reproduced exactly.
+run plays N episodes; the raw and D4RL-normalised returns are printed per agent. The episodes
+are the ones the run's own evaluations used (same reset seeds, and for a stochastic policy such
+as BCQ's the same keys), so with N equal to the run's --eval-episodes the final returns in
+results.json are reproduced exactly.
 
 `--video F.mp4` also records the first agent's first episode with MuJoCo's offscreen renderer
 (MUJOCO_GL=egl unless set; needs `pip install 'offlax[video]'`). Where no OpenGL backend is
