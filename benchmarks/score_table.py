@@ -22,7 +22,47 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def load_runs() -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted(SCORES_DIR.glob("*.json"))]
+    """One record per (algorithm, dataset): a `--num-seeds N` run as it is, or the seeds of a
+    `--split-seeds` run (`<algo>__<env>__seed<k>.json`) merged into one."""
+    runs, split = [], {}
+    for path in sorted(SCORES_DIR.glob("*.json")):
+        match = re.fullmatch(r"(.+)__seed(\d+)", path.stem)
+        if match:
+            split.setdefault(match[1], []).append(json.loads(path.read_text()))
+        else:
+            runs.append(json.loads(path.read_text()))
+    return runs + [merge_seeds(parts) for parts in split.values()]
+
+
+def merge_seeds(parts: list[dict]) -> dict:
+    """Single-seed runs of one algorithm on one dataset as one run of all their seeds. Per-seed
+    lists are concatenated in seed order; evaluations are kept at the updates every part has;
+    `wall_seconds` is their sum (the core time) and `updates_per_second` their mean."""
+    parts = sorted(parts, key=lambda part: part["seeds"][0])
+    merged = {**parts[0], "seeds": [seed for part in parts for seed in part["seeds"]]}
+    merged["split_seeds"] = True
+
+    def per_seed(records: list[dict]) -> dict:
+        first = records[0]
+        return {key: ([x for r in records for x in r[key]] if isinstance(value, list) else
+                      per_seed([r[key] for r in records]) if isinstance(value, dict) else value)
+                for key, value in first.items()}
+
+    common = set.intersection(*({e["update"] for e in part["evaluations"]} for part in parts))
+    merged["evaluations"] = [
+        per_seed([next(e for e in part["evaluations"] if e["update"] == update) for part in parts])
+        for update in sorted(common)]
+    if all("final" in part for part in parts):
+        final = per_seed([part["final"] for part in parts])
+        scores = np.array(final["normalized_score"])
+        final.update(normalized_score_mean=float(scores.mean()),
+                     normalized_score_std=float(scores.std()))
+        merged["final"] = final
+    else:
+        merged.pop("final", None)
+    merged["wall_seconds"] = sum(part["wall_seconds"] for part in parts)
+    merged["updates_per_second"] = float(np.mean([part["updates_per_second"] for part in parts]))
+    return merged
 
 
 def previous_version(env: str) -> str | None:
@@ -92,8 +132,9 @@ def main():
         for algorithm in algorithms:
             run = by_key.get((algorithm, env))
             if run is not None:
+                how = " (one process per seed; wall: their sum)" if run.get("split_seeds") else ""
                 lines.append(
-                    f"| {algorithm} `{env}` | {run['updates']:,} | {len(run['seeds'])} | "
+                    f"| {algorithm} `{env}`{how} | {run['updates']:,} | {len(run['seeds'])} | "
                     f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | "
                     f"{run['device']} |")
     (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
