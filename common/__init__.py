@@ -9,6 +9,10 @@ common.datasets       load_dataset, Dataset, normalized_score, fingerprint, the 
   .generated          offlax's D4RL-style datasets: rollouts, builds, reference fingerprints
   .policies           the committed behaviour policies (common/policies/*.npz)
   .portable_math      float arithmetic with the same bits on every machine
+common.preferences   preference labels between segments of a dataset:
+  .labels             the label file (JSON Lines): read, check against the dataset, write
+  .teacher            the scripted B-Pref teacher, uniform query sampling
+  __main__            `python -m common.preferences label`: write a label file
 common.normalization  observation statistics, action scaling, IQL reward scaling
 common.transitions    the training arrays on the device, minibatch sampling inside jit
 common.evaluation     vectorised evaluation of all seeds at once

@@ -32,7 +32,7 @@ def parse_cli(args_class, argv=None, defaults: Callable[[str], object] | None = 
     and a flag that contradicts them is reported by `common.training.prepare_output_dir`.
     """
     first = tyro.cli(args_class, args=argv)
-    if first.resume:
+    if getattr(first, "resume", None):  # a reward model has no --resume
         from common.checkpoints import saved_args
 
         try:
@@ -88,7 +88,7 @@ def check_args(args, update_multiple: int = 1, positive=(), nonnegative=(), open
     (in [0, 1]) name them."""
     sizes = ["num_seeds", "total_updates", "eval_interval", "eval_episodes", "batch_size",
              "keep_checkpoints"]
-    for name in sizes:
+    for name in (s for s in sizes if hasattr(args, s)):  # a reward model has no episodes
         value = getattr(args, name)
         if value < 1:
             raise ConfigError(f"{flag(name)} must be at least 1, got {value}.")

@@ -682,3 +682,60 @@ def test_por_acts_with_the_execute_policy_at_the_guides_proposal(por_state, batc
                               np.concatenate([batch["observations"], goal], 1))
     close(policy(por.policy_params(state), jnp.asarray(batch["observations"])), expected,
           atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Reward model from preferences (Christiano et al. 2017; InstructGPT's K-wise rankings)
+
+
+def np_reward(layers, member, observations, actions):
+    """One member of the reward ensemble in numpy: LeakyReLU(0.01) MLP, tanh output."""
+    names = sorted((k for k in layers if k.startswith("Dense_")), key=lambda k: int(k[6:]))
+    x = np.concatenate([observations, actions], -1)
+    for i, name in enumerate(names):
+        kernel, bias = layers[name]["kernel"][member], layers[name]["bias"][member]
+        x = x @ np.asarray(kernel) + np.asarray(bias)
+        x = np.where(x > 0, x, 0.01 * x) if i < len(names) - 1 else np.tanh(x[..., 0])
+    return x
+
+
+def test_reward_model_preference_loss_pairs_ties_and_rankings():
+    sys.path.insert(0, str(ROOT / "algorithms"))
+    import reward_model as rm
+    from common.preferences import Query
+
+    args = rm.Args(hidden_dims=(8, 8), ensemble_size=2, batch_size=4, random_answer=0.1)
+    length, n = 3, 40
+    rng = np.random.default_rng(3)
+    data = {"observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32)}
+    state = rm.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    params = perturbed(state.model.params, 1)
+    queries = [Query((0, 10), preference=(1.0, 0.0)), Query((5, 20), preference=(0.0, 1.0)),
+               Query((30, 12), preference=(0.5, 0.5)), Query((2, 33, 17), ranking=(2, 0, 1))]
+    arrays = rm.query_arrays(queries)
+    indices = np.array([[0, 1, 2, 3], [3, 3, 2, 0]])  # each member its own minibatch
+
+    loss = float(rm.loss_fn(params, state, jax.device_put(data),
+                            jax.device_put(arrays), jnp.asarray(indices), args, length))
+
+    layers = params["params"]["VmapRewardNetwork_0"]
+    eps = 0.1
+    expected = []
+    for member in range(2):
+        for q in indices[member]:
+            query = queries[q]
+            returns = [np_reward(layers, member, data["observations"][s:s + length],
+                                 data["actions"][s:s + length]).sum() for s in query.segments]
+
+            def cross_entropy(i, j, mu):
+                p = (1 - eps) / (1 + np.exp(-(returns[i] - returns[j]))) + eps / 2
+                return -mu * np.log(p) - (1 - mu) * np.log(1 - p)
+
+            if query.ranking is None:
+                expected.append(cross_entropy(0, 1, query.preference[0]))
+            else:  # every ordered pair of the ranking, better one first, averaged
+                r = query.ranking
+                pairs = [(r[a], r[b]) for a in range(len(r)) for b in range(a + 1, len(r))]
+                expected.append(np.mean([cross_entropy(i, j, 1.0) for i, j in pairs]))
+    np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)

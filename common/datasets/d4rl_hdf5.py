@@ -19,7 +19,9 @@ _D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 
 
 def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Dataset:
-    """Read a file in D4RL's own HDF5 layout.
+    """Read a file in D4RL's own HDF5 layout. The file's attributes `env_id`, `ref_min_score`
+    and `ref_max_score` name its environment and reference scores where they are set
+    (algorithms/reward_model.py writes them); otherwise D4RL's constants for its file name.
 
     D4RL marks an episode end with `terminals` (the MDP ended) or `timeouts` (a time limit);
     files made before `timeouts` existed have only `terminals`. Where `next_observations` is
@@ -79,16 +81,29 @@ def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Datase
     if not keep.any():
         raise DatasetFormatError(f"'{path}' holds no usable transitions.")
     family = _family_from_filename(path.name)
-    ref_min, ref_max = D4RL_REFERENCE_SCORES.get(family, (None, None))
+    if "ref_min_score" in attrs and "ref_max_score" in attrs:  # e.g. a relabelled dataset's
+        ref_min, ref_max = float(attrs["ref_min_score"]), float(attrs["ref_max_score"])
+        ref_source = "file attributes"
+    else:
+        ref_min, ref_max = D4RL_REFERENCE_SCORES.get(family, (None, None))
+        ref_source = f"D4RL constants ({family})" if family else "none"
     info = DatasetInfo(
         name=str(path), source="d4rl-hdf5", dataset_id=str(path),
-        env_id=env_id or attrs.get("env_id") or None, ref_min_score=ref_min,
-        ref_max_score=ref_max, ref_score_source=f"D4RL constants ({family})" if family else "none",
+        env_id=env_id or _text(attrs.get("env_id")) or None, ref_min_score=ref_min,
+        ref_max_score=ref_max, ref_score_source=ref_source,
+        metadata={k: _text(v) for k, v in attrs.items()},
     )  # fmt: skip
     return Dataset(
         observations[keep], actions[keep], rewards[keep], next_observations[keep],
         terminals[keep], timeouts[keep], info,
     )  # fmt: skip
+
+
+def _text(value):
+    """HDF5 attributes come back as numpy scalars or bytes; metadata keeps plain values."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _family_from_filename(filename: str) -> str | None:

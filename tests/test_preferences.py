@@ -1,0 +1,227 @@
+"""Preferences: the B-Pref teacher against a numpy reference, the label file's errors, and the
+reward model learning from scripted labels (algorithms/reward_model.py)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from common.preferences import (
+    LabelFile,
+    LabelFileError,
+    Query,
+    Teacher,
+    check_against_dataset,
+    read_label_file,
+    valid_segment_starts,
+    write_label_file,
+)
+
+# --------------------------------------------------------------------------------------------
+# The scripted teacher
+
+
+def reference_probabilities(r1, r2, beta, gamma, mistake, skip, equal, margin):
+    """B-Pref's get_label, one pair at a time, as probabilities of [first, second, equal, skip]."""
+    out = []
+    for a, b in zip(r1, r2):
+        if skip > 0 and max(sum(a), sum(b)) <= skip * margin:
+            out.append([0, 0, 0, 1])
+            continue
+        if abs(sum(a) - sum(b)) < equal * margin:
+            out.append([0, 0, 1, 0])
+            continue
+        horizon = len(a)
+        g1 = sum(gamma ** (horizon - 1 - t) * a[t] for t in range(horizon))
+        g2 = sum(gamma ** (horizon - 1 - t) * b[t] for t in range(horizon))
+        if math.isinf(beta):
+            second = 1.0 if g1 < g2 else 0.0  # B-Pref: 1 * (sum_1 < sum_2); a tie -> first
+        else:
+            second = math.exp(beta * g2) / (math.exp(beta * g1) + math.exp(beta * g2))
+        second = second * (1 - mistake) + (1 - second) * mistake
+        out.append([1 - second, second, 0, 0])
+    return np.array(out)
+
+
+R1 = np.array([[1.0, 0.0, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 1.0], [0.1, 0.1, 0.1], [3.0, 0, 0]])
+R2 = np.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2], [1.0, 0.0, 0.0], [0.0, 0.0, 0.2], [0, 0, 0.5]])
+
+
+@pytest.mark.parametrize("teacher", [
+    Teacher(),                                   # perfectly rational, ties go to the first
+    Teacher(beta=2.0),                           # Bradley-Terry noise
+    Teacher(gamma=0.5),                          # myopic: the last step weighs most
+    Teacher(beta=1.0, gamma=0.9, mistake=0.2),   # mistakes flip the answer
+    Teacher(skip=0.5),                           # pairs with low returns skipped
+    Teacher(equal=0.2),                          # close returns are 'equally good'
+    Teacher(beta=3.0, mistake=0.1, skip=0.4, equal=0.2),
+], ids=["rational", "beta", "myopic", "mistake", "skip", "equal", "all"])
+def test_teacher_probabilities_match_bpref(teacher):
+    margin = 1.5
+    expected = reference_probabilities(R1, R2, teacher.beta, teacher.gamma, teacher.mistake,
+                                       teacher.skip, teacher.equal, margin)
+    np.testing.assert_allclose(teacher.pair_probabilities(R1, R2, margin), expected, atol=1e-12)
+
+
+def test_myopic_teacher_prefers_the_segment_that_ends_well():
+    """Equal returns (1): the myopic teacher prefers the later reward, the other one ties."""
+    probs = Teacher(gamma=0.5).pair_probabilities(R1[:1], R2[:1], 1.0)
+    assert probs[0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert Teacher().pair_probabilities(R1[:1], R2[:1], 1.0)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_teacher_answers_are_drawn_with_those_probabilities(generated_datasets):
+    """The sampled answers follow pair_probabilities (4000 draws of one noisy pair)."""
+    from common.datasets import load_dataset
+
+    dataset = load_dataset(SMALL)
+    starts = np.flatnonzero(valid_segment_starts(dataset, 10))
+    pair = (int(starts[0]), int(starts[len(starts) // 2]))
+    teacher = Teacher(beta=0.5, mistake=0.1)
+    steps = np.arange(10)
+    p = teacher.pair_probabilities(dataset.rewards[pair[0] + steps][None],
+                                   dataset.rewards[pair[1] + steps][None], 1.0)[0]
+    answers = teacher.answer(dataset, 10, [Query(pair)] * 4000, np.random.default_rng(0))
+    first = np.mean([a.preference == (1.0, 0.0) for a in answers])
+    assert abs(first - p[0]) < 4 * math.sqrt(p[0] * (1 - p[0]) / 4000) + 1e-9
+
+
+# --------------------------------------------------------------------------------------------
+# The label file
+
+SMALL = "offlax/hopper/medium-replay-20000-v1"  # 20k transitions: rewards that differ by segment
+
+
+@pytest.fixture(scope="module")
+def small_dataset(generated_datasets):
+    from common.datasets import load_dataset
+
+    return load_dataset(SMALL)
+
+
+def test_segments_lie_inside_one_episode(small_dataset):
+    valid = valid_segment_starts(small_dataset, 25)
+    ends = np.flatnonzero(small_dataset.episode_ends)
+    for start in np.flatnonzero(valid)[::97]:
+        inside = ends[(ends >= start) & (ends < start + 24)]
+        assert len(inside) == 0 and start + 25 <= small_dataset.size
+    long = next(i for i in range(1, len(ends)) if ends[i] - ends[i - 1] >= 26)
+    end = ends[long]  # the last transition of an episode of 26 or more
+    assert valid[end - 24] and not valid[end - 23]  # a segment may end exactly at its end
+    assert valid[ends[long - 1] + 1] and not valid[ends[long - 1]]  # and start at its start
+
+
+def header_line(dataset, length=25):
+    return json.dumps({"format": "offlax-preferences", "version": 1, "dataset": SMALL,
+                       "fingerprint": dataset.info.fingerprint, "segment_length": length})
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"segments": [0, 1], "preference": [1, 1]}', "line 3: \"preference\" must be"),
+    ('{"segments": [0, 1], "preference": "left"}', "line 3: \"preference\" must be"),
+    ('{"segments": [0], "preference": [1, 0]}', "line 3: \"segments\" must be a list"),
+    ('{"segments": [0, 1, 2], "preference": [1, 0]}', "line 3: a \"preference\" compares two"),
+    ('{"segments": [0, 1, 2], "ranking": [0, 0, 1]}', "line 3: \"ranking\" must order"),
+    ('{"segments": [0, 1], "prefernce": [1, 0]}', "line 3: unknown key(s) ['prefernce']"),
+    ('{"segments": [0, 1], "preference": [1, 0]', "line 3: not valid JSON"),
+    ('{"segments": [0, 99999999], "preference": [1, 0]}', "line 3: segment start 99999999 is out"),
+])
+def test_a_bad_label_line_is_named(tmp_path, small_dataset, line, message):
+    path = tmp_path / "labels.jsonl"
+    a, b = np.flatnonzero(valid_segment_starts(small_dataset, 25))[:2]
+    good = f'{{"segments": [{a}, {b}], "preference": [0.5, 0.5], "annotator": "a", "time": "t"}}'
+    line = line.replace("[0, ", f"[{a}, ")
+    path.write_text(f"{header_line(small_dataset)}\n{good}\n{line}\n")
+    with pytest.raises(LabelFileError) as error:
+        check_against_dataset(read_label_file(path), small_dataset, path)
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_segment_across_an_episode_end_and_labels_of_other_data_are_refused(tmp_path,
+                                                                           small_dataset):
+    end = int(next(e for e in np.flatnonzero(small_dataset.episode_ends) if e >= 30))
+    path = tmp_path / "labels.jsonl"
+    path.write_text(f"{header_line(small_dataset)}\n"
+                    f'{{"segments": [{end - 5}, {end - 30}], "preference": [1, 0]}}\n')
+    with pytest.raises(LabelFileError, match="line 2: the segment starting at .* crosses the end"):
+        check_against_dataset(read_label_file(path), small_dataset, path)
+    path.write_text(header_line(small_dataset).replace(small_dataset.info.fingerprint, "0" * 16))
+    with pytest.raises(LabelFileError, match="fingerprint 0000000000000000"):
+        check_against_dataset(read_label_file(path), small_dataset, path)
+
+
+def test_label_file_round_trip(tmp_path, small_dataset):
+    queries = [Query((0, 30), preference=(0.0, 1.0), annotator="a", time="t"),
+               Query((3, 40), skipped=True), Query((5, 9, 60), ranking=(1, 2, 0)), Query((7, 8))]
+    labels = LabelFile(SMALL, small_dataset.info.fingerprint, 25, queries)
+    write_label_file(tmp_path / "l.jsonl", labels)
+    assert read_label_file(tmp_path / "l.jsonl") == labels
+
+
+# --------------------------------------------------------------------------------------------
+# The reward model
+
+
+def run(*argv, **env):
+    import os
+
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+
+
+def test_reward_model_learns_scripted_preferences_and_relabels_the_dataset(tmp_path,
+                                                                         small_dataset):
+    """1000 pairs of 25-step segments from the rational teacher: the held-out accuracy is at
+    least 0.9 (measured 0.940, 0.965, 0.955 for seeds 0-2 with these flags) and the learned
+    reward correlates clearly with the true one (Pearson per transition 0.95-0.97 measured);
+    the relabelled file holds the same transitions with the new rewards, and BC trains on it."""
+    labels = tmp_path / "labels.jsonl"
+    done = run("-m", "common.preferences", "label", "--env", SMALL, "--num-queries", "1000",
+               "--segment-length", "25", "--output", str(labels))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "rm"
+    done = run("algorithms/reward_model.py", "--labels", str(labels), "--hidden-dims", "64", "64",
+               "--batch-size", "32", "--total-updates", "300", "--output-dir", str(out),
+               "--next-queries", "20")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    final = results["final"]
+    assert final["validation_accuracy"] >= 0.9, final
+    assert final["transition_pearson"] >= 0.8 and final["episode_return_spearman"] >= 0.8, final
+    assert results["labels"]["validation"] == 200
+
+    from common.datasets import load_dataset
+
+    relabelled = load_dataset(str(out / "relabelled.hdf5"))
+    for name in ("observations", "actions", "next_observations", "terminals", "timeouts"):
+        np.testing.assert_array_equal(getattr(relabelled, name), getattr(small_dataset, name))
+    assert relabelled.rewards.min() == 0.0 and relabelled.rewards.max() == 1.0
+    assert relabelled.info.env_id == small_dataset.info.env_id
+    assert (relabelled.info.ref_min_score, relabelled.info.ref_max_score) == (
+        small_dataset.info.ref_min_score, small_dataset.info.ref_max_score)
+    with h5py.File(out / "relabelled.hdf5") as file:
+        assert file.attrs["source_fingerprint"] == small_dataset.info.fingerprint
+
+    following = read_label_file(out / "next_queries.jsonl")
+    assert len(following.queries) == 1020 and sum(not q.answered for q in following.queries) == 20
+
+    done = run("algorithms/bc.py", "--env", str(out / "relabelled.hdf5"), "--total-updates",
+               "200", "--eval-interval", "200", "--eval-episodes", "1", "--hidden-dims", "32",
+               "32", "--output-dir", str(tmp_path / "bc"), TQDM_DISABLE="1")
+    assert done.returncode == 0, done.stderr
+
+
+def test_reward_model_with_a_label_file_of_an_unknown_dataset_names_line_1(tmp_path,
+                                                                        generated_datasets):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"format": "offlax-preferences", "version": 1, "dataset": '
+                    '"offlax/hoper/medium-v1", "fingerprint": "x", "segment_length": 5}\n')
+    done = run("algorithms/reward_model.py", "--labels", str(path))
+    assert done.returncode == 2
+    assert f"{path}, line 1: the labels' dataset 'offlax/hoper/medium-v1'" in done.stderr
+    assert "Traceback" not in done.stderr
