@@ -78,11 +78,16 @@ def find_run(by_key: dict, algorithm: str, env: str) -> tuple[dict | None, dict 
     return by_key.get((algorithm, env)), by_key.get((algorithm, older)) if older else None
 
 
+SEEDS = 3  # run_scores.py's default --num-seeds: a split run with fewer has seeds still to run
+
+
 def score_cell(run: dict) -> str:
     final = run["final"]
     seeds = ", ".join(f"{s:.1f}" for s in final["normalized_score"])
+    partial = (f"; {len(run['seeds'])} of {SEEDS} seeds so far"
+               if run.get("split_seeds") and len(run["seeds"]) < SEEDS else "")
     return (f"**{final['normalized_score_mean']:.1f}** ± {final['normalized_score_std']:.1f} "
-            f"({seeds})")
+            f"({seeds}{partial})")
 
 
 def main():
