@@ -590,11 +590,12 @@ def test_bcq_acts_with_the_best_of_its_candidates_under_q1(bcq_state, batch):
 @pytest.fixture
 def por_state():
     args = por.Args(hidden_dims=(8, 8), actor_hidden_dims=(8, 8), alpha=2.0, expectile=0.8,
-                    max_weight=3.0)
+                    max_weight=3.0, guide_loss="q")
     state = por.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
     return args, state.replace(
         actor=state.actor.replace(params=perturbed(state.actor.params, 31)),
         guide=state.guide.replace(params=perturbed(state.guide.params, 32)),
+        behaviour=state.behaviour.replace(params=perturbed(state.behaviour.params, 35)),
         value=state.value.replace(params=perturbed(state.value.params, 33)),
         value_target=perturbed(state.value_target, 34),
     )
@@ -640,28 +641,47 @@ def test_por_residual_guide_loss(por_state, batch):
     close(loss, -np.mean(weights * log_prob), atol=1e-4)
 
 
-def test_por_q_guide_loss(por_state, batch):
+@pytest.mark.parametrize("term", ["model", "guide"])
+def test_por_q_guide_loss(por_state, batch, term):
+    """-mean [lambda V(g~) + log b(g~ | s)] with the authors' behaviour model b, or the paper's
+    log g(s' | s) of the dataset's next state (--q-behaviour-term guide)."""
     args, state = por_state
+    if term == "guide":
+        state = state.replace(behaviour=None)
     key = jax.random.key(12)
     mean, log_std = np_gaussian(state.guide.params, batch["observations"])
     proposed = mean + np.exp(log_std) * np.asarray(jax.random.normal(key, mean.shape))
     v_proposed = np_v(state.value.params, proposed).min(0)
     lmbda = 2.0 / np.abs(v_proposed).mean()
-    log_prob = np_gaussian_log_prob(mean, log_std, batch["next_observations"])
-    loss, (got_lambda, _) = por.q_guide_loss(state.guide.params, state, batch, key, args)
+    if term == "model":
+        b_mean, b_log_std = np_gaussian(state.behaviour.params, batch["observations"])
+        constraint = np_gaussian_log_prob(b_mean, b_log_std, proposed)
+    else:
+        constraint = np_gaussian_log_prob(mean, log_std, batch["next_observations"])
+    loss, (got_lambda, _, _) = por.q_guide_loss(state.guide.params, state, batch, key, args)
     close(got_lambda, lmbda, atol=1e-4)
-    close(loss, -np.mean(lmbda * v_proposed + log_prob), atol=1e-4)
-    # lambda is a constant of the gradient (the authors' .detach())
+    close(loss, -np.mean(lmbda * v_proposed + constraint), atol=1e-4)
+    # lambda is a constant of the gradient (the authors' .detach()), b is not trained here
     grads = jax.grad(lambda p: por.q_guide_loss(p, state, batch, key, args)[0])(state.guide.params)
 
     def with_constant_lambda(p):
         m, s = state.guide.apply_fn(p, batch["observations"])
         g = m + jnp.exp(s) * jax.random.normal(key, m.shape)
         v_g = state.value.apply_fn(state.value.params, g).min(0)
+        if term == "model":
+            b_m, b_s = state.behaviour.apply_fn(state.behaviour.params, batch["observations"])
+            return -(got_lambda * v_g + por.gaussian_log_prob(b_m, b_s, g)).mean()
         return -(got_lambda * v_g + por.gaussian_log_prob(m, s, batch["next_observations"])).mean()
 
     jax.tree.map(lambda a, b: close(a, np.asarray(b), atol=1e-4), grads,
                  jax.grad(with_constant_lambda)(state.guide.params))
+
+
+def test_por_behaviour_model_loss_is_the_likelihood_of_next_states(por_state, batch):
+    _, state = por_state
+    mean, log_std = np_gaussian(state.behaviour.params, batch["observations"])
+    expected = -np.mean(np_gaussian_log_prob(mean, log_std, batch["next_observations"]))
+    close(por.behaviour_loss(state.behaviour.params, state, batch), expected, atol=1e-4)
 
 
 def test_por_execute_policy_loss_clones_the_action_from_s_to_s_next(por_state, batch):
