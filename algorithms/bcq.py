@@ -29,14 +29,14 @@ and the perturbation model follows Q_1 by the deterministic policy gradient:
 One update is the authors' order: the VAE, then the Q-functions (their target decodes with the
 updated VAE), then the perturbation model (with the updated VAE and Q-functions), then Polyak
 averaging of the target perturbation model and Q-functions. Actions live in [-1, 1]
-(common/evaluation.py maps them to the env's bounds), so the authors' max_action is 1.
+(common/evaluation maps them to the env's bounds), so the authors' max_action is 1.
 
 Authors' code: https://github.com/sfujim/BCQ (continuous_BCQ/BCQ.py, continuous_BCQ/main.py);
 every default below is theirs. Departures, each for a reason:
 - Biases start at zero (kernels as PyTorch's nn.Linear, U(+-1/sqrt(fan_in))), as in
   td3_bc.py; the authors' PyTorch layers also draw their biases from U(+-1/sqrt(fan_in)).
 - Acting is stochastic (n candidates sampled from the VAE), so the evaluation gives each
-  episode its own keys (common/evaluation.py): evaluating the same parameters twice gives the
+  episode its own keys (common/evaluation): evaluating the same parameters twice gives the
   same returns, as for the deterministic policies of the other files.
 Run: python algorithms/bcq.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 """

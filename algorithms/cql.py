@@ -28,7 +28,7 @@ keeps the gap near `target_action_gap` (tau):
 
 Every loss is computed from the parameters before the update and all are applied together,
 as in JaxCQL (conservative_sac.py); the target Q-functions follow by Polyak averaging.
-Actions live in [-1, 1] (common/evaluation.py maps them to the env's bounds); the evaluation
+Actions live in [-1, 1] (common/evaluation maps them to the env's bounds); the evaluation
 policy is the deterministic tanh(mean).
 
 Authors' code: https://github.com/aviralkumar2907/CQL (d4rl/rlkit/torch/sac/cql.py,

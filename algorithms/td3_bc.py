@@ -13,7 +13,7 @@ policy smoothing,
     a~' = clip( pi'(s') + clip(eps, -c, c), -1, 1 ),   eps ~ N(0, sigma^2),
 
 and the actor and the target networks (Polyak, tau) are updated after every `policy_freq`-th
-critic update. Actions live in [-1, 1] (common/evaluation.py maps them to the env's bounds).
+critic update. Actions live in [-1, 1] (common/evaluation maps them to the env's bounds).
 
 Authors' code: https://github.com/sfujim/TD3_BC (TD3_BC.py, main.py).
 Run: python algorithms/td3_bc.py --env offlax/hopper/medium-replay-v1 --num-seeds 3

@@ -15,7 +15,9 @@ common.preferences   preference labels between segments of a dataset:
   __main__            `python -m common.preferences label`: write a label file
 common.normalization  observation statistics, action scaling, IQL reward scaling
 common.transitions    the training arrays on the device, minibatch sampling inside jit
-common.evaluation     vectorised evaluation of all seeds at once
+common.evaluation     vectorised evaluation of all seeds at once (Evaluator, action scaling)
+  .saved_runs         a saved run's policy evaluated again, its video;
+                      `python -m common.evaluation RUN_DIR`
 common.logger         TensorBoard, results.json, progress bar, policy.msgpack
 common.training       the shared training loop: host calls, divergence guard, Ctrl-C, resume
 common.run_directory  the output directory: unique default names, one writer (an OS lock)
@@ -23,5 +25,4 @@ common.files          a run's files written whole or not at all; the error of a 
 common.checkpoints    checkpoint files: atomic writes, the last k kept, restore
 common.cli            argument parsing with --resume, shared checks, exit codes
 common.errors         OfflaxError, the family of errors a user can fix
-common.evaluate       `python -m common.evaluate RUN_DIR`: evaluate a saved policy, record video
 """

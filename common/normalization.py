@@ -2,7 +2,7 @@
 
 Every algorithm file acts in the unit box [-1, 1]^d: dataset actions are rescaled from the
 environment's bounds on the way in (`ActionScaling.to_unit`) and policy actions are mapped back on
-the way out (`common/evaluation.py`). For D4RL's locomotion tasks the bounds are [-1, 1], so this
+the way out (`common/evaluation`). For D4RL's locomotion tasks the bounds are [-1, 1], so this
 is the identity and the papers' networks are unchanged; for an environment such as
 InvertedPendulum ([-3, 3]) it is what lets a tanh policy reach the whole action space.
 

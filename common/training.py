@@ -119,7 +119,7 @@ def resumable_checkpoint(algorithm: str, args, directory: Path) -> dict:
         raise RunAlreadyFinished(
             f"'{directory}' is a finished run ({checkpoint['update']} of {args.total_updates} "
             f"updates): nothing to resume, and no file was changed. Its scores are in "
-            f"{directory / 'results.json'}; `python -m common.evaluate {directory}` evaluates "
+            f"{directory / 'results.json'}; `python -m common.evaluation {directory}` evaluates "
             "its policy again.")
     return checkpoint
 
@@ -188,7 +188,7 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                 if problem:
                     last = latest_checkpoint(logger.output_dir)
                     kept = (f"The last finite checkpoint, {last}, is kept (`python -m "
-                            f"common.evaluate {logger.output_dir}` evaluates its policy)."
+                            f"common.evaluation {logger.output_dir}` evaluates its policy)."
                             if last else "No checkpoint had been written yet.")
                     kept += (" Resuming would diverge again at the same update: start a new run "
                              "with a change, e.g. a lower learning rate or another reward scale.")

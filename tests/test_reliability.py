@@ -148,7 +148,7 @@ def test_ctrl_c_saves_a_checkpoint_and_partial_results_and_resume_is_bit_exact(t
     assert len(json.loads(checkpoint["logger"])["evaluations"]) == len(partial["evaluations"])
 
     # an interrupted run can be evaluated from its latest checkpoint
-    from common.evaluate import evaluate_run
+    from common.evaluation.saved_runs import evaluate_run
 
     evaluation = evaluate_run(tmp_path / "run", episodes=1)
     assert "latest checkpoint" in evaluation["run"]["source"]
@@ -475,7 +475,7 @@ def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path, 
                                   eval_interval=300))
     video = tmp_path / "episode.mp4"
     output = subprocess.run(  # warnings are errors: no fork from JAX's threads may warn
-        [sys.executable, "-W", "error", "-m", "common.evaluate", str(tmp_path / "run"),
+        [sys.executable, "-W", "error", "-m", "common.evaluation", str(tmp_path / "run"),
          "--video", str(video)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
     assert output.returncode == 0, output.stderr
@@ -492,7 +492,7 @@ def test_evaluate_reproduces_the_final_evaluation_and_records_a_video(tmp_path, 
     if last.startswith("video: "):  # an OpenGL backend is here: a real video of the episode
         import imageio.v3 as iio
 
-        monkeypatch.setenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # as common.evaluate does
+        monkeypatch.setenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # as common.evaluation does
         frames = iio.imread(video)
         assert frames.ndim == 4 and frames.shape[0] > 1 and frames.std() > 0
     else:
@@ -510,7 +510,7 @@ def test_evaluate_of_a_stochastic_policy_from_its_checkpoint_repeats_the_run(tmp
     (tmp_path / "run" / "policy.msgpack").unlink()
     video = tmp_path / "episode.gif"
     output = subprocess.run(
-        [sys.executable, "-m", "common.evaluate", str(tmp_path / "run"), "--video", str(video)],
+        [sys.executable, "-m", "common.evaluation", str(tmp_path / "run"), "--video", str(video)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
     assert output.returncode == 0, output.stderr
     lines = output.stdout.splitlines()
@@ -525,7 +525,7 @@ def test_evaluate_of_a_stochastic_policy_from_its_checkpoint_repeats_the_run(tmp
 
 
 def test_evaluate_says_what_is_missing(tmp_path):
-    output = subprocess.run([sys.executable, "-m", "common.evaluate", str(tmp_path)], cwd=ROOT,
+    output = subprocess.run([sys.executable, "-m", "common.evaluation", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert output.returncode == 2
     assert output.stderr.startswith("error: ") and "holds no results.json" in output.stderr

@@ -1,4 +1,5 @@
-"""Evaluate a trained policy again: `python -m common.evaluate RUN_DIR [--episodes N] [--video F]`.
+"""Evaluate a trained policy again: `python -m common.evaluation RUN_DIR [--episodes N]
+[--video F]`.
 
 RUN_DIR is the output directory of a training run. Its final policy (policy.msgpack) is used, or,
 for a run that has not finished, the policy of its latest checkpoint. Every agent (seed) of the
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from common.errors import OfflaxError
 
-ALGORITHMS_DIR = Path(__file__).resolve().parents[1] / "algorithms"
+ALGORITHMS_DIR = Path(__file__).resolve().parents[2] / "algorithms"
 
 
 class EvaluateError(OfflaxError):
@@ -188,7 +189,7 @@ def _ffmpeg_without_preexec():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m common.evaluate", description=__doc__.split("\n\n")[0])
+        prog="python -m common.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="output directory of a training run")
     parser.add_argument("--episodes", type=int, default=None,
                         help="episodes per agent (default: the run's --eval-episodes)")
@@ -218,7 +219,3 @@ def main(argv=None) -> int:
     if options.video is not None:
         print(record_video(evaluation, options.video))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
