@@ -38,7 +38,9 @@ each for a reason:
   times the data's (V(g~) ~ 3700 against V(s) ~ 118 at 30k updates), because it ties the
   guide's mean and spread to the data but not where its proposals land, and 2 of 3 seeds fell
   at once (0.6 normalised after 100k updates). With b, V(g~) stays near the data's (78 against
-  73 at 10k updates) and the same seed scored 13.2 after 30k updates (POR-r: 17.5).
+  73 at 10k updates) and the three seeds peak at 18, 13 and 20 by 30k updates, but POR-q
+  still fails there: V(g~) / V(s) creeps from 1.14 at 30k to 1.46 at 85k and every seed falls
+  to about 0 from 50k on. Not solved yet (leads: the authors' pre-trained b at 1e-4, POR-r).
 - Kernels as PyTorch's nn.Linear default, biases zero (as td3_bc.py and bcq.py); the authors'
   PyTorch layers also draw biases from U(+-1/sqrt(fan_in)).
 - One learning rate per network: V's is main.py's --lr (1e-4), the two policies' the
