@@ -234,13 +234,13 @@ def test_iql_on_the_learned_reward_beats_bc_and_nears_iql_on_the_true_reward(rew
                  eval_episodes=5)
     # The relabelled file's path does not name Hopper, so the locomotion reward scale that
     # IQL's DATASET_OVERRIDES give the original is set here, the same for both rewards.
-    def iql_scores(env):
+    def iql_scores(env, name):
         args = iql.Args(env=env, reward_transform="return-range", **flags,
-                        output_dir=str(tmp_path / f"iql{len(list(tmp_path.iterdir()))}"))
+                        output_dir=str(tmp_path / name))
         return np.asarray(iql.main(args)["final"]["normalized_score"])
 
-    learned = iql_scores(str(reward_model_run / "relabelled.hdf5"))
-    true = iql_scores(SMALL)
+    learned = iql_scores(str(reward_model_run / "relabelled.hdf5"), "iql_learned")
+    true = iql_scores(SMALL, "iql_true")
     behaviour_cloning = np.asarray(bc.main(bc.Args(env=SMALL, **flags, output_dir=str(
         tmp_path / "bc")))["final"]["normalized_score"])
     assert learned.mean() >= behaviour_cloning.mean() + 5, (learned, behaviour_cloning)
