@@ -33,7 +33,6 @@ Run: python algorithms/iql.py --env offlax/hopper/medium-replay-v1 --num-seeds 3
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Literal
@@ -47,11 +46,12 @@ import tyro
 from flax import struct
 from flax.training.train_state import TrainState
 
-from common.cli import check_args, parse_cli, run_main
+from common.cli import (apply_dataset_overrides, check_args, check_batch_size, parse_cli,
+                        run_main)
 from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
-from common.normalization import ObservationStatistics, iql_reward_scale, observation_statistics
+from common.normalization import ObservationStatistics, observation_statistics, transform_rewards
 from common.training import prepare_output_dir, train
 from common.transitions import (ACTION_CLIP, returns_to_go, sample_batch,
                                 transitions_on_device)
@@ -143,11 +143,7 @@ DATASET_OVERRIDES = {
 
 
 def dataset_defaults(env: str) -> Args:
-    defaults = Args(env=env)
-    for key, overrides in DATASET_OVERRIDES.items():
-        if key in env.lower():
-            defaults = dataclasses.replace(defaults, **overrides)
-    return defaults
+    return apply_dataset_overrides(Args(env=env), DATASET_OVERRIDES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,14 +379,6 @@ def train_chunk(states: IQLState, data, num_updates: int, args: Args):
 # Training loop
 
 
-def transformed_rewards(dataset, transform: str) -> np.ndarray:
-    if transform == "return-range":
-        return dataset.rewards * iql_reward_scale(dataset)
-    if transform == "minus-one":
-        return dataset.rewards - 1.0
-    return dataset.rewards
-
-
 def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics):
     """(params, raw observations) -> deterministic actions in [-1, 1]: the policy's mean."""
     actor = policy_network(args, action_dim)
@@ -400,14 +388,15 @@ def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics)
 def main(args: Args) -> dict:
     """Train with `args` exactly as given. DATASET_OVERRIDES apply through `parse_args` (the
     CLI); from Python, start from `dataset_defaults(env)` to get them."""
-    check_args(args)
+    check_args(args, positive=("temperature", "max_weight"), open_unit=("expectile",))
     output_dir, checkpoint = prepare_output_dir("iql", args)
     dataset = load_dataset(args.env)
     action_scaling = env_action_scaling(dataset)
+    check_batch_size(args, dataset.size)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
-    rewards = transformed_rewards(dataset, args.reward_transform)
+    rewards = transform_rewards(dataset, args.reward_transform)
     data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
     data["returns_to_go"] = jnp.asarray(returns_to_go(dataset, rewards, args.discount))
     if args.clip_dataset_actions:

@@ -52,10 +52,17 @@ def apply_dataset_overrides(args, table: dict):
     """`args` with the per-dataset values of `table` (an algorithm's DATASET_OVERRIDES) that match
     its --env: an entry matches when every word of its key occurs in the dataset name, and
     entries apply in the table's order, so a later, more specific one ("hopper medium-replay")
-    wins over an earlier one ("hopper")."""
-    name = args.env.lower()
+    wins over an earlier one ("hopper"). A relabelled HDF5 file (algorithms/reward_model.py)
+    also matches under the name of the dataset it was made from, so that
+    `--env runs/x/relabelled.hdf5` trains with the same settings as its source dataset."""
+    from common.datasets import source_dataset
+
+    names = [args.env.lower()]
+    source = source_dataset(args.env)
+    if source:
+        names.append(source.lower())
     for key, values in table.items():
-        if all(word in name for word in key.split()):
+        if any(all(word in name for word in key.split()) for name in names):
             args = dataclasses.replace(args, **values)
     return args
 

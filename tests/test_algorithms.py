@@ -101,6 +101,25 @@ def test_iql_dataset_overrides_are_defaults_that_flags_override():
     assert (antmaze.expectile, antmaze.temperature, antmaze.reward_transform) == (0.9, 5.0, "minus-one")
 
 
+def test_a_relabelled_file_gets_the_overrides_of_the_dataset_it_was_made_from(tmp_path):
+    """reward_model.py's relabelled.hdf5 names its source in an attribute; a path that names no
+    task gets the source's per-dataset settings, a file without the attribute gets none."""
+    import h5py
+
+    relabelled, plain = tmp_path / "relabelled.hdf5", tmp_path / "plain.hdf5"
+    for path in (relabelled, plain):
+        with h5py.File(path, "w") as file:
+            file.create_dataset("rewards", data=np.zeros(3, np.float32))
+    with h5py.File(relabelled, "a") as file:
+        file.attrs["source_dataset"] = "offlax/walker2d/medium-v1"
+    walker = por.parse_args(["--env", str(relabelled)])
+    assert (walker.guide_loss, walker.alpha, walker.reward_transform) == ("residual", 3.0,
+                                                                          "return-range")
+    assert iql.parse_args(["--env", str(relabelled)]).reward_transform == "return-range"
+    assert iql.parse_args(["--env", str(plain)]).reward_transform == "none"
+    assert por.parse_args(["--env", str(relabelled), "--alpha", "7"]).alpha == 7.0
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs and seeds
 

@@ -1,6 +1,7 @@
 """Preferences: the B-Pref teacher against a numpy reference, the label file's errors, and the
 reward model learning from scripted labels (algorithms/reward_model.py)."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -232,11 +233,13 @@ def test_iql_on_the_learned_reward_beats_bc_and_nears_iql_on_the_true_reward(rew
 
     flags = dict(hidden_dims=(64, 64), num_seeds=3, total_updates=10_000, eval_interval=10_000,
                  eval_episodes=5)
-    # The relabelled file's path does not name Hopper, so the locomotion reward scale that
-    # IQL's DATASET_OVERRIDES give the original is set here, the same for both rewards.
+
     def iql_scores(env, name):
-        args = iql.Args(env=env, reward_transform="return-range", **flags,
-                        output_dir=str(tmp_path / name))
+        # The relabelled file's path does not name Hopper: IQL's per-dataset settings (the
+        # locomotion reward scale) reach it through the file's `source_dataset` attribute.
+        args = dataclasses.replace(iql.dataset_defaults(env), **flags,
+                                   output_dir=str(tmp_path / name))
+        assert args.reward_transform == "return-range", env
         return np.asarray(iql.main(args)["final"]["normalized_score"])
 
     learned = iql_scores(str(reward_model_run / "relabelled.hdf5"), "iql_learned")

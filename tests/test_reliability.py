@@ -361,6 +361,9 @@ def test_impossible_sizes(flags, phrase, tmp_path, capsys):
 @pytest.mark.parametrize("name, flags, phrase", [
     ("bc", dict(learning_rate=0.0), "--learning-rate is a learning rate and must be positive"),
     ("iql", dict(value_lr=-1.0), "--value-lr is a learning rate and must be positive"),
+    ("iql", dict(expectile=0.0), "--expectile must be strictly between 0 and 1, got 0.0"),
+    ("iql", dict(temperature=-3.0), "--temperature must be positive, got -3.0"),
+    ("iql", dict(max_weight=0.0), "--max-weight must be positive, got 0.0"),
     ("cql", dict(cql_temperature=0.0), "--cql-temperature must be positive, got 0.0"),
     ("cql", dict(clip_dataset_actions=1.0),
      "--clip-dataset-actions must be strictly between 0 and 1, got 1.0"),
@@ -376,7 +379,7 @@ def test_out_of_range_coefficients_of_each_file(name, flags, phrase, tmp_path, c
     assert not (tmp_path / "out").exists(), "checked before anything is written"
 
 
-@pytest.mark.parametrize("name", ["bc", "td3_bc", "cql", "bcq", "por"])
+@pytest.mark.parametrize("name", ["bc", "td3_bc", "iql", "cql", "bcq", "por"])
 def test_a_batch_larger_than_the_dataset_is_refused_before_training(name, tmp_path, capsys):
     start = time.perf_counter()
     expect_bad_input(capsys, name, small_args(name, tmp_path / "out", batch_size=10_000_000),

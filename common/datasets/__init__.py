@@ -39,7 +39,7 @@ from common.datasets.core import (
     fingerprint,
     normalized_score,
 )
-from common.datasets.d4rl_hdf5 import load_d4rl_hdf5
+from common.datasets.d4rl_hdf5 import load_d4rl_hdf5, source_dataset
 from common.datasets.d4rl_names import D4RL_NAMES
 from common.datasets.minari_store import (
     OFFLAX_NAMESPACE,
@@ -52,7 +52,7 @@ __all__ = [
     "DEFAULT_DATASET", "Dataset", "DatasetError", "DatasetFormatError", "DatasetInfo",
     "DatasetUnavailableError", "DatasetWarning", "UnknownDatasetError", "check_dataset",
     "check_reference_scores", "fingerprint", "known_names", "load_d4rl_hdf5", "load_dataset",
-    "minari_local_exists", "normalized_score",
+    "minari_local_exists", "normalized_score", "source_dataset",
 ]  # fmt: skip
 
 # The embedded default: built from the committed behaviour policies on first use (about a

@@ -99,6 +99,23 @@ def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Datase
     )  # fmt: skip
 
 
+def source_dataset(path: str | os.PathLike) -> str | None:
+    """The dataset a relabelled file was made from (its `source_dataset` attribute, which
+    algorithms/reward_model.py writes), read without loading the arrays; None for a file
+    without one, or for anything that is not a readable HDF5 file."""
+    import h5py
+
+    path = Path(path)
+    if path.suffix not in (".hdf5", ".h5") or not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as file:
+            value = file.attrs.get("source_dataset")
+    except OSError:
+        return None  # load_dataset says what is wrong with the file
+    return _text(value) if value is not None else None
+
+
 def _text(value):
     """HDF5 attributes come back as numpy scalars or bytes; metadata keeps plain values."""
     if isinstance(value, bytes):
