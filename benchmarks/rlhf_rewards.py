@@ -104,7 +104,7 @@ def table():
         raise SystemExit("no results in benchmarks/results/rlhf/: run this script first")
     true_runs = {(run["algorithm"], run["env"]): run["final"] for run in load_runs()
                  if "final" in run}
-    envs = list(dict.fromkeys([*DATASETS, *(r["env"] for r in records)]))
+    envs = list(dict.fromkeys(r["env"] for r in records))
     algorithms = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in records)]
     lines = ["# Offline RL on rewards learned from scripted preferences", "",
              "Written by `benchmarks/rlhf_rewards.py --table`. Per algorithm, dataset and label "
@@ -114,7 +114,8 @@ def table():
              "returns, then the algorithm's final D4RL-normalised score (100k updates, 10 "
              "episodes per seed) on the relabelled dataset: mean ± std over seeds (each seed), "
              "next to the same algorithm on the true reward (the score table's run, same seeds "
-             "and updates) and their ratio.",
+             "and updates) and their ratio. `rlhf.png` plots the score against the number of "
+             "labels, with the true-reward run (± its std, shaded) and BC, which uses no reward.",
              "", "| algorithm | dataset | labels | seeds | held-out accuracy | Pearson r "
              "(transitions) | Spearman (returns) | learned reward | true reward | ratio |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -146,8 +147,12 @@ def table():
                 ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, color=color,
                             label=f"{algorithm}, learned reward")
             if true:
-                ax.axhline(true["normalized_score_mean"], color=color, ls="--",
-                           label=f"{algorithm}, true reward")
+                mean, std = true["normalized_score_mean"], true["normalized_score_std"]
+                ax.axhline(mean, color=color, ls="--", label=f"{algorithm}, true reward")
+                ax.axhspan(mean - std, mean + std, color=color, alpha=0.12, lw=0)
+        bc = true_runs.get(("bc", env))  # uses no reward: the floor that a reward has to lift
+        if bc and "bc" not in algorithms:
+            ax.axhline(bc["normalized_score_mean"], color="grey", ls=":", label="BC (no reward)")
         ax.set_xscale("log")
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("preference labels (pairs)")
