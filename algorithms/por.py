@@ -40,7 +40,11 @@ each for a reason:
   at once (0.6 normalised after 100k updates). With b, V(g~) stays near the data's (78 against
   73 at 10k updates) and the three seeds peak at 18, 13 and 20 by 30k updates, but POR-q
   still fails there: V(g~) / V(s) creeps from 1.14 at 30k to 1.46 at 85k and every seed falls
-  to about 0 from 50k on. Not solved yet (leads: the authors' pre-trained b at 1e-4, POR-r).
+  to about 0 from 50k on. Not solved yet. Not the cause: training b alongside. The authors'
+  b, pre-trained (300k updates at 1e-4, log-likelihood 20.7) and frozen, fell the same way
+  (seed 0: 21.2 at 25k, 2.2 at 40k, 0.6 at 50k). POR-r on the same data (alpha 3,
+  expectile 0.5, walker2d's values) held on seed 0: 18.3 after 100k updates, between 15.2
+  and 22.2 from 30k on; next, 3 seeds of it.
 - Kernels as PyTorch's nn.Linear default, biases zero (as td3_bc.py and bcq.py); the authors'
   PyTorch layers also draw biases from U(+-1/sqrt(fan_in)).
 - One learning rate per network: V's is main.py's --lr (1e-4), the two policies' the
