@@ -31,11 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from common.run_directory import run_status  # noqa: E402
+from run_scores import ALGORITHMS  # noqa: E402  (beside this file)
 
 RESULTS = ROOT / "benchmarks" / "results"
 RLHF_DIR = RESULTS / "rlhf"
-ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "bcq", "por")  # as benchmarks/run_scores.py
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1")
 BUDGETS = (100, 300, 1000)
 
@@ -96,7 +97,6 @@ def table():
     import matplotlib.pyplot as plt
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from score_table import load_runs
 
     records = [json.loads(p.read_text()) for p in sorted(RLHF_DIR.glob("*.json"))]
