@@ -170,7 +170,8 @@ def main():
     parser.add_argument("--algorithms", nargs="+", default=["iql"], choices=ALGORITHMS)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds to run (default 0 1 2)")
     parser.add_argument("--total-updates", type=int, default=100_000,
                         help="updates of each run (the score table's)")
     parser.add_argument("--eval-interval", type=int, default=5_000,
@@ -185,7 +186,7 @@ def main():
     todo = []
     for env in options.datasets:
         for budget in options.budgets:
-            for seed in range(options.seeds):
+            for seed in options.seeds:
                 missing = [a for a in options.algorithms
                            if not result_file(a, env, budget, seed).exists()]
                 if missing:

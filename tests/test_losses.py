@@ -720,6 +720,8 @@ def np_reward(layers, member, observations, actions):
 
 
 def test_reward_model_preference_loss_pairs_ties_and_rankings():
+    """Segments 10 and 33 run into a terminal (episodes end at 11, 34 and 39): their steps after
+    it are the absorbing state, reward 0."""
     sys.path.insert(0, str(ROOT / "algorithms"))
     import reward_model as rm
     from common.preferences import Query
@@ -728,7 +730,9 @@ def test_reward_model_preference_loss_pairs_ties_and_rankings():
     length, n = 3, 40
     rng = np.random.default_rng(3)
     data = {"observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-            "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32)}
+            "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+            "last_steps": np.array([11] * 12 + [34] * 23 + [39] * 5, np.int32)}
+    episode_ends = (11, 34, 39)
     state = rm.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
     params = perturbed(state.model.params, 1)
     queries = [Query((0, 10), preference=(1.0, 0.0)), Query((5, 20), preference=(0.0, 1.0)),
@@ -745,8 +749,11 @@ def test_reward_model_preference_loss_pairs_ties_and_rankings():
     for member in range(2):
         for q in indices[member]:
             query = queries[q]
-            returns = [np_reward(layers, member, data["observations"][s:s + length],
-                                 data["actions"][s:s + length]).sum() for s in query.segments]
+            stops = [min(s + length, min(e for e in episode_ends if e >= s) + 1)
+                     for s in query.segments]
+            returns = [np_reward(layers, member, data["observations"][s:stop],
+                                 data["actions"][s:stop]).sum()
+                       for s, stop in zip(query.segments, stops)]
 
             def cross_entropy(i, j, mu):
                 p = (1 - eps) / (1 + np.exp(-(returns[i] - returns[j]))) + eps / 2

@@ -8,11 +8,15 @@ from common.preferences.labels import (
     LabelFileError,
     Query,
     check_against_dataset,
+    episode_last_steps,
     read_label_file,
+    segment_rewards,
+    segment_steps,
     valid_segment_starts,
     write_label_file,
 )
 from common.preferences.teacher import Teacher, sample_queries
 
 __all__ = ["LabelFile", "LabelFileError", "Query", "Teacher", "check_against_dataset",
-           "read_label_file", "sample_queries", "valid_segment_starts", "write_label_file"]
+           "episode_last_steps", "read_label_file", "sample_queries", "segment_rewards",
+           "segment_steps", "valid_segment_starts", "write_label_file"]

@@ -3,7 +3,7 @@
 A label file is JSON Lines. The first line is a header; every other line is one query, a set
 of segments of the dataset shown together, and the answer to it:
 
-    {"format": "offlax-preferences", "version": 1, "dataset": "offlax/hopper/medium-replay-v1",
+    {"format": "offlax-preferences", "version": 2, "dataset": "offlax/hopper/medium-replay-v1",
      "fingerprint": "dd89514488be10a4", "segment_length": 50}
     {"segments": [1200, 53410], "preference": [1, 0], "annotator": "alice", "time": "..."}
     {"segments": [88, 4021], "preference": [0.5, 0.5], "annotator": "alice", "time": "..."}
@@ -13,7 +13,14 @@ of segments of the dataset shown together, and the answer to it:
 - `dataset` and `fingerprint`: the dataset the segments index (`load_dataset` name, and the
   fingerprint of its arrays, so labels made on other data are refused).
 - `segments`: the index of each segment's first transition in the dataset's flat arrays; a
-  segment is `segment_length` consecutive transitions of one episode.
+  segment is `segment_length` consecutive steps of one episode. If the episode terminates
+  (`terminals`: the agent fell; not a time limit, whose future is unknown) before the
+  segment's last step, the remaining steps are the absorbing state that termination leads to,
+  whose reward is 0: what r + gamma (1 - terminal) V(s') assumes of every RL algorithm here.
+  The scripted teacher and the reward model both sum a segment's rewards so. Comparing a
+  segment that ends in a fall with one that does not is what tells the reward model what a
+  step of life is worth; the Bradley-Terry likelihood cannot see a constant added to every
+  step otherwise. (Version 1 files had no such segments; they read as version 2.)
 - `preference` (a pair): mu of Christiano et al. (2017), how the preference falls on the two
   segments: `[1, 0]` the first is better, `[0, 1]` the second, `[0.5, 0.5]` equally good, `null`
   "can't tell" (the query was skipped; it is kept for the record and not trained on).
@@ -39,7 +46,8 @@ from common.datasets import Dataset
 from common.errors import OfflaxError
 
 FORMAT = "offlax-preferences"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no segment reached a terminal
 PREFERENCES = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))  # mu: first better, second better, equal
 QUERY_KEYS = {"segments", "preference", "ranking", "annotator", "time"}
 
@@ -121,9 +129,9 @@ def read_label_file(path: str | os.PathLike) -> LabelFile:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise LabelFileError(f"{path}, line 1: not an offlax preference file (the header must "
                              f'have "format": "{FORMAT}"), got {lines[0][:120]!r}.')
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise LabelFileError(f"{path}, line 1: format version {header.get('version')!r}; this "
-                             f"offlax reads version {VERSION}.")
+                             f"offlax reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
     for key, kind in (("dataset", str), ("fingerprint", str), ("segment_length", int)):
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
             raise LabelFileError(f"{path}, line 1: the header needs \"{key}\" "
@@ -193,8 +201,9 @@ def _parse_query(path: Path, number: int, line: str) -> Query:
 
 
 def check_against_dataset(labels: LabelFile, dataset: Dataset, path: str | os.PathLike):
-    """The labels were made on this dataset, and every segment is `segment_length` transitions
-    of one episode inside it. Raises LabelFileError naming the first bad line."""
+    """The labels were made on this dataset, and every segment is `segment_length` steps of one
+    episode inside it (those after a terminal being the absorbing state). Raises LabelFileError
+    naming the first bad line."""
     if labels.fingerprint != dataset.info.fingerprint:
         raise LabelFileError(
             f"{path}: its labels were made on '{labels.dataset}' with fingerprint "
@@ -204,25 +213,47 @@ def check_against_dataset(labels: LabelFile, dataset: Dataset, path: str | os.Pa
     valid = valid_segment_starts(dataset, labels.segment_length)
     for number, query in enumerate(labels.queries, start=2):
         for start in query.segments:
-            if not 0 <= start <= dataset.size - labels.segment_length:
+            if not 0 <= start < dataset.size:
                 raise LabelFileError(
                     f"{path}, line {number}: segment start {start} is out of range: the dataset "
-                    f"has {dataset.size} transitions, so a segment of {labels.segment_length} "
-                    f"starts at 0..{dataset.size - labels.segment_length}.")
+                    f"has {dataset.size} transitions (0..{dataset.size - 1}).")
             if not valid[start]:
                 raise LabelFileError(
-                    f"{path}, line {number}: the segment starting at {start} crosses the end of "
-                    f"an episode within its {labels.segment_length} transitions; a segment must "
-                    "lie inside one episode.")
+                    f"{path}, line {number}: the segment starting at {start} runs past the end "
+                    f"of its episode within its {labels.segment_length} steps, and the episode "
+                    "does not terminate there (a time limit or the end of the data, whose future "
+                    "is unknown); a segment must lie inside one episode or end in a terminal.")
+
+
+def episode_last_steps(dataset: Dataset) -> np.ndarray:
+    """(N,) int64: the index of the last transition of each transition's episode (N where the
+    data ends without marking an episode end)."""
+    ends = np.flatnonzero(dataset.episode_ends)
+    following = np.searchsorted(ends, np.arange(dataset.size))  # first end at or after i
+    return np.append(ends, dataset.size)[following]
 
 
 def valid_segment_starts(dataset: Dataset, length: int) -> np.ndarray:
-    """(N,) bool: a segment of `length` transitions starting here lies inside one episode (no
-    episode ends before its last transition)."""
-    ends = dataset.episode_ends.astype(np.int64)
-    # ends among transitions start .. start + length - 2 (the last one may end the episode)
-    before_last = np.concatenate([[0], np.cumsum(ends)])
+    """(N,) bool: a segment of `length` steps starting here lies inside one episode, or its
+    episode terminates (not a time limit) before the segment's last step."""
+    last = episode_last_steps(dataset)
     starts = np.arange(dataset.size)
-    stop = np.minimum(starts + length - 1, dataset.size)
-    valid = (before_last[stop] - before_last[starts] == 0) & (starts + length <= dataset.size)
-    return valid
+    inside = last >= starts + length - 1
+    terminated = np.append(dataset.terminals, False)[last]  # N: the data's unmarked end
+    return (inside & (starts + length <= dataset.size)) | (~inside & terminated)
+
+
+def segment_steps(last_steps, starts, length: int, xp=np):
+    """Indices and mask of the steps of segments starting at `starts` (any shape; `last_steps`
+    from `episode_last_steps`): `indices` (..., length) clipped to the data, `alive`
+    (..., length) False on the absorbing state after a terminal, whose reward is 0. `xp` is
+    numpy or jax.numpy (the reward model calls it inside jit)."""
+    steps = starts[..., None] + xp.arange(length)
+    alive = steps <= last_steps[starts][..., None]
+    return xp.minimum(steps, last_steps.shape[0] - 1), alive
+
+
+def segment_rewards(dataset: Dataset, starts, length: int) -> np.ndarray:
+    """The true rewards of segments (..., length), 0 on the absorbing state after a terminal."""
+    indices, alive = segment_steps(episode_last_steps(dataset), np.asarray(starts), length)
+    return np.where(alive, dataset.rewards[indices], 0.0)

@@ -3,7 +3,8 @@ human's irrationality (Lee, Smith, Dragan & Abbeel, "B-Pref: Benchmarking Prefer
 Reinforcement Learning", NeurIPS 2021 Datasets and Benchmarks; code rll-research/BPref,
 reward_model.py `get_label`). With the defaults it is their perfectly rational teacher.
 
-For a pair of segments with true rewards r1_t, r2_t (t = 0..H-1), in B-Pref's order:
+For a pair of segments with true rewards r1_t, r2_t (t = 0..H-1; 0 on the absorbing state
+after a terminal, labels.py), in B-Pref's order:
   1. skip ("can't tell") if  max(sum_t r1_t, sum_t r2_t) <= skip * m;
   2. myopic returns  G_i = sum_t gamma^(H-1-t) ri_t  (later steps weigh more);
   3. P[first better] = sigma(beta (G1 - G2)) for finite beta; with beta = inf the better
@@ -27,7 +28,7 @@ import numpy as np
 
 from common.datasets import Dataset
 from common.errors import ConfigError
-from common.preferences.labels import Query, now, valid_segment_starts
+from common.preferences.labels import Query, now, segment_rewards, valid_segment_starts
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,11 @@ class Teacher:
         """The teacher's answers to `queries`, drawn from the dataset's true rewards."""
         margin = float(dataset.rewards.mean()) * segment_length
         stamp, who = now(), self.describe()
-        steps = np.arange(segment_length)
         answered = [None] * len(queries)
         pairs = [i for i, q in enumerate(queries) if len(q.segments) == 2]
         if pairs:
             starts = np.array([queries[i].segments for i in pairs])  # (P, 2)
-            rewards = dataset.rewards[starts[:, :, None] + steps]  # (P, 2, H)
+            rewards = segment_rewards(dataset, starts, segment_length)  # (P, 2, H)
             probabilities = self.pair_probabilities(rewards[:, 0], rewards[:, 1], margin)
             draws = rng.random(len(pairs))
             choice = (draws[:, None] >= np.cumsum(probabilities, 1)).sum(1).clip(0, 3)
@@ -109,7 +109,7 @@ class Teacher:
             if self.mistake or self.skip or self.equal:
                 raise ConfigError("The scripted teacher ranks K > 2 segments with --beta and "
                                   "--gamma only; --mistake, --skip and --equal apply to pairs.")
-            returns = dataset.rewards[np.array(query.segments)[:, None] + steps] @ weights
+            returns = segment_rewards(dataset, np.array(query.segments), segment_length) @ weights
             answered[i] = Query(query.segments, ranking=tuple(int(j) for j in self.rank(
                 returns, rng)), annotator=who, time=stamp)
         return answered
@@ -125,7 +125,8 @@ class Teacher:
 def sample_queries(dataset: Dataset, segment_length: int, num_queries: int, size: int,
                    rng: np.random.Generator) -> list[Query]:
     """`num_queries` queries of `size` segments each, every segment start drawn uniformly among
-    the transitions where a segment of `segment_length` fits inside one episode."""
+    the transitions where a segment of `segment_length` fits inside one episode or ends in its
+    terminal (labels.py)."""
     starts = np.flatnonzero(valid_segment_starts(dataset, segment_length))
     if len(starts) == 0:
         lengths = dataset.episode_lengths()
