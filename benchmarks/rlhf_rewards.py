@@ -79,15 +79,26 @@ def run_one(env: str, budget: int, seed: int, algorithms: list[str], options) ->
                      str(options.total_updates), "--eval-interval",
                      str(min(options.eval_interval, options.total_updates)),
                      "--output-dir", str(run))
+        with open(labels) as stream:
+            label_format = json.loads(stream.readline())["version"]
         record = {"algorithm": algorithm, "env": env, "budget": budget, "seed": seed,
-                  "reward_model": {k: rm_results[k] for k in ("final", "labels",
-                                                              "train_seconds")},
+                  "reward_model": {**{k: rm_results[k] for k in ("final", "labels",
+                                                                 "train_seconds")},
+                                   "label_format": label_format,
+                                   "reward_normalization":
+                                       rm_results["args"]["reward_normalization"]},
                   "run": json.loads((run / "results.json").read_text())}
         target = result_file(algorithm, env, budget, seed)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(record, indent=1))
         written.append(str(target.relative_to(ROOT)))
     return written
+
+
+def earlier_method(record: dict) -> bool:
+    """Run with the reward model of before commit 1ea4f3f: segments only inside episodes (label
+    format 1) and min-max rewards. Its records do not name the label format."""
+    return record["reward_model"].get("label_format", 1) < 2
 
 
 def table():
@@ -119,6 +130,7 @@ def table():
              "", "| algorithm | dataset | labels | seeds | held-out accuracy | Pearson r "
              "(transitions) | Spearman (returns) | learned reward | true reward | ratio |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    dagger = False
     figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for index, algorithm in enumerate(algorithms):
@@ -128,6 +140,8 @@ def table():
             mine = [r for r in records if r["env"] == env and r["algorithm"] == algorithm]
             for budget in sorted({r["budget"] for r in mine}):
                 rows = sorted((r for r in mine if r["budget"] == budget), key=lambda r: r["seed"])
+                before = any(earlier_method(r) for r in rows)
+                dagger |= before
                 rm = [r["reward_model"]["final"] for r in rows]
                 scores = [r["run"]["final"]["normalized_score"][0] for r in rows]
                 mean = float(np.mean(scores))
@@ -135,7 +149,7 @@ def table():
                              f"{true['normalized_score_std']:.1f}" if true else "not run")
                 ratio = f"{mean / true['normalized_score_mean']:.2f}" if true else ""
                 lines.append(
-                    f"| {algorithm} | `{env}` | {budget} | {len(rows)} | "
+                    f"| {algorithm} | `{env}` | {budget}{' †' if before else ''} | {len(rows)} | "
                     f"{np.mean([m['validation_accuracy'] for m in rm]):.3f} | "
                     f"{np.mean([m['transition_pearson'] for m in rm]):.3f} | "
                     f"{np.mean([m['episode_return_spearman'] for m in rm]):.3f} | "
@@ -161,6 +175,9 @@ def table():
     axes[0][0].set_ylabel("normalised score (mean ± std over seeds)")
     figure.tight_layout()
     figure.savefig(RESULTS / "rlhf.png", dpi=120)
+    if dagger:
+        lines += ["", "† measured before segments could run into a terminal (label format 1, "
+                  "rewards min-max normalised to [0, 1]); to be rerun with the current method."]
     (RESULTS / "rlhf.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
