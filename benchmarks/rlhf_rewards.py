@@ -168,7 +168,8 @@ def table():
         if bc and "bc" not in algorithms:
             ax.axhline(bc["normalized_score_mean"], color="grey", ls=":", label="BC (no reward)")
         ax.set_xscale("log")
-        ax.set_title(env, fontsize=9)
+        earlier = any(earlier_method(r) for r in records if r["env"] == env)
+        ax.set_title(f"{env}{' († earlier reward model)' if earlier else ''}", fontsize=9)
         ax.set_xlabel("preference labels (pairs)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
