@@ -102,16 +102,18 @@ class Teacher:
                                else Query(segments, preference=((1.0, 0.0), (0.0, 1.0),
                                                                 (0.5, 0.5))[c],
                                           annotator=who, time=stamp))
-        weights = self.gamma ** np.arange(segment_length - 1, -1, -1.0)
-        for i, query in enumerate(queries):
-            if answered[i] is not None:
-                continue
-            if self.mistake or self.skip or self.equal:
-                raise ConfigError("The scripted teacher ranks K > 2 segments with --beta and "
-                                  "--gamma only; --mistake, --skip and --equal apply to pairs.")
-            returns = segment_rewards(dataset, np.array(query.segments), segment_length) @ weights
-            answered[i] = Query(query.segments, ranking=tuple(int(j) for j in self.rank(
-                returns, rng)), annotator=who, time=stamp)
+        ranked = [i for i, a in enumerate(answered) if a is None]  # K > 2 segments
+        if ranked and (self.mistake or self.skip or self.equal):
+            raise ConfigError("The scripted teacher ranks K > 2 segments with --beta and "
+                              "--gamma only; --mistake, --skip and --equal apply to pairs.")
+        if ranked:  # every ranked segment's return at once: one pass over the episode ends
+            weights = self.gamma ** np.arange(segment_length - 1, -1, -1.0)
+            segments = [queries[i].segments for i in ranked]
+            returns = segment_rewards(dataset, np.concatenate(segments), segment_length) @ weights
+            splits = np.cumsum([len(k) for k in segments])[:-1]
+            for i, query_returns in zip(ranked, np.split(returns, splits)):
+                answered[i] = Query(queries[i].segments, ranking=tuple(
+                    int(j) for j in self.rank(query_returns, rng)), annotator=who, time=stamp)
         return answered
 
     def rank(self, returns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
