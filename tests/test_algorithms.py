@@ -83,14 +83,19 @@ def test_every_flag_is_documented_in_help(name):
 
 def test_por_dataset_overrides_take_the_most_specific_entry():
     """The authors' scripts: POR-r with tau 0.5, alpha 3 on HalfCheetah and Walker2d; POR-q on
-    Hopper with alpha 50, and 25 on medium-replay; flags still win."""
+    Hopper with alpha 50, except medium-replay, where POR-q falls and the file departs to
+    Walker2d's POR-r; flags still win."""
     walker = por.parse_args(["--env", "offlax/walker2d/medium-v1"])
     assert (walker.guide_loss, walker.expectile, walker.alpha) == ("residual", 0.5, 3.0)
     assert walker.reward_transform == "return-range"
     assert por.parse_args(["--env", "hopper-medium-v2"]).alpha == 50.0
     hopper = por.parse_args(["--env", "offlax/hopper/medium-replay-v1"])
-    assert (hopper.guide_loss, hopper.alpha) == ("q", 25.0)
-    assert por.parse_args(["--env", "hopper-medium-replay-v2", "--alpha", "7"]).alpha == 7.0
+    assert (hopper.guide_loss, hopper.expectile, hopper.alpha) == ("residual", 0.5, 3.0)
+    assert (por.parse_args(["--env", "hopper-medium-expert-v2"]).guide_loss,
+            por.parse_args(["--env", "hopper-medium-expert-v2"]).alpha) == ("q", 5.0)
+    authors = por.parse_args(["--env", "hopper-medium-replay-v2", "--guide-loss", "q",
+                              "--alpha", "25"])
+    assert (authors.guide_loss, authors.alpha) == ("q", 25.0)
     assert por.parse_args(["--env", MEDIUM_REPLAY]).alpha == por.Args.alpha
 
 
