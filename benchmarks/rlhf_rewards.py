@@ -95,12 +95,6 @@ def run_one(env: str, budget: int, seed: int, algorithms: list[str], options) ->
     return written
 
 
-def earlier_method(record: dict) -> bool:
-    """Run with the reward model of before commit 1ea4f3f: segments only inside episodes (label
-    format 1) and min-max rewards. Its records do not name the label format."""
-    return record["reward_model"].get("label_format", 1) < 2
-
-
 def table():
     import matplotlib
 
@@ -130,7 +124,6 @@ def table():
              "", "| algorithm | dataset | labels | seeds | held-out accuracy | Pearson r "
              "(transitions) | Spearman (returns) | learned reward | true reward | ratio |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    dagger = False
     figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for index, algorithm in enumerate(algorithms):
@@ -140,8 +133,6 @@ def table():
             mine = [r for r in records if r["env"] == env and r["algorithm"] == algorithm]
             for budget in sorted({r["budget"] for r in mine}):
                 rows = sorted((r for r in mine if r["budget"] == budget), key=lambda r: r["seed"])
-                before = any(earlier_method(r) for r in rows)
-                dagger |= before
                 rm = [r["reward_model"]["final"] for r in rows]
                 scores = [r["run"]["final"]["normalized_score"][0] for r in rows]
                 mean = float(np.mean(scores))
@@ -149,7 +140,7 @@ def table():
                              f"{true['normalized_score_std']:.1f}" if true else "not run")
                 ratio = f"{mean / true['normalized_score_mean']:.2f}" if true else ""
                 lines.append(
-                    f"| {algorithm} | `{env}` | {budget}{' †' if before else ''} | {len(rows)} | "
+                    f"| {algorithm} | `{env}` | {budget} | {len(rows)} | "
                     f"{np.mean([m['validation_accuracy'] for m in rm]):.3f} | "
                     f"{np.mean([m['transition_pearson'] for m in rm]):.3f} | "
                     f"{np.mean([m['episode_return_spearman'] for m in rm]):.3f} | "
@@ -168,17 +159,13 @@ def table():
         if bc and "bc" not in algorithms:
             ax.axhline(bc["normalized_score_mean"], color="grey", ls=":", label="BC (no reward)")
         ax.set_xscale("log")
-        earlier = any(earlier_method(r) for r in records if r["env"] == env)
-        ax.set_title(f"{env}{' († earlier reward model)' if earlier else ''}", fontsize=9)
+        ax.set_title(env, fontsize=9)
         ax.set_xlabel("preference labels (pairs)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("normalised score (mean ± std over seeds)")
     figure.tight_layout()
     figure.savefig(RESULTS / "rlhf.png", dpi=120)
-    if dagger:
-        lines += ["", "† measured before segments could run into a terminal (label format 1, "
-                  "rewards min-max normalised to [0, 1]); to be rerun with the current method."]
     (RESULTS / "rlhf.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
