@@ -91,8 +91,8 @@ def test_por_dataset_overrides_take_the_most_specific_entry():
     assert por.parse_args(["--env", "hopper-medium-v2"]).alpha == 50.0
     hopper = por.parse_args(["--env", "offlax/hopper/medium-replay-v1"])
     assert (hopper.guide_loss, hopper.expectile, hopper.alpha) == ("residual", 0.5, 3.0)
-    assert (por.parse_args(["--env", "hopper-medium-expert-v2"]).guide_loss,
-            por.parse_args(["--env", "hopper-medium-expert-v2"]).alpha) == ("q", 5.0)
+    medium_expert = por.parse_args(["--env", "hopper-medium-expert-v2"])
+    assert (medium_expert.guide_loss, medium_expert.alpha) == ("q", 5.0)
     authors = por.parse_args(["--env", "hopper-medium-replay-v2", "--guide-loss", "q",
                               "--alpha", "25"])
     assert (authors.guide_loss, authors.alpha) == ("q", 25.0)
