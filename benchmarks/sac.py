@@ -21,9 +21,7 @@ the episode in progress at the checkpoint is closed as truncated.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tyro
-from flax import serialization
 from flax.training.train_state import TrainState
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from online import OnlineRun, ReplayBuffer, evaluate, flat_params  # noqa: E402
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's TanhGaussianPolicy bounds
 
@@ -236,84 +236,8 @@ def init_state(actor, critic, obs_dim, action_dim, args: Args) -> SACState:
     )
 
 
-class ReplayBuffer:
-    """Host-side ring buffer: environment steps are on the host, so the buffer is too."""
-
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int):
-        self.fields = {
-            "observations": np.zeros((capacity, obs_dim), np.float32),
-            "actions": np.zeros((capacity, action_dim), np.float32),
-            "rewards": np.zeros(capacity, np.float32),
-            "next_observations": np.zeros((capacity, obs_dim), np.float32),
-            "terminals": np.zeros(capacity, np.float32),
-        }
-        self.capacity, self.size, self.position = capacity, 0, 0
-
-    def add(self, obs, action, reward, next_obs, terminal):
-        i = self.position
-        f = self.fields
-        f["observations"][i], f["actions"][i], f["rewards"][i] = obs, action, reward
-        f["next_observations"][i], f["terminals"][i] = next_obs, terminal
-        self.position = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, rng: np.random.Generator, batch_size: int) -> dict:
-        index = rng.integers(0, self.size, batch_size)
-        return {k: v[index] for k, v in self.fields.items()}
-
-
-def actor_params_numpy(state: SACState) -> dict:
-    """The actor's parameters as a flat {layer/kernel: array} dict (the exported format)."""
-    flat = {}
-    for layer, leaves in state.actor.params["params"].items():
-        for name, value in leaves.items():
-            flat[f"{layer}/{name}"] = np.asarray(value, np.float32)
-    return flat
-
-
-def evaluate(env: gym.Env, act_fn, params, episodes: int, seed: int) -> float:
-    scale = (env.action_space.high - env.action_space.low) / 2.0
-    offset = (env.action_space.high + env.action_space.low) / 2.0
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total = False, 0.0
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(np.asarray(act_fn(params, obs)) * scale + offset)
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
-
-
-def save_checkpoint(path: Path, state, buffer: ReplayBuffer, rng, step: int, episodes: int):
-    """Write to a temporary file and rename, so a crash never leaves a broken checkpoint."""
-    tmp = path.with_suffix(".tmp.npz")
-    arrays = {f"buffer/{k}": v[: buffer.size] for k, v in buffer.fields.items()}
-    np.savez(
-        tmp,
-        state=np.frombuffer(serialization.to_bytes(state), np.uint8),
-        rng=np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8),
-        meta=np.array([step, episodes, buffer.position, buffer.size]),
-        **arrays,
-    )
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, state_template, buffer: ReplayBuffer, rng):
-    with np.load(path) as data:
-        state = serialization.from_bytes(state_template, data["state"].tobytes())
-        rng.bit_generator.state = json.loads(data["rng"].tobytes().decode())
-        step, episodes, position, size = (int(x) for x in data["meta"])
-        for k in buffer.fields:
-            buffer.fields[k][:size] = data[f"buffer/{k}"]
-    buffer.position, buffer.size = position, size
-    return state, step, episodes
-
-
 def main(args: Args):
-    run_dir = Path(args.run_dir)
-    (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+    run = OnlineRun(args.run_dir, args)
     env, eval_env = gym.make(args.env), gym.make(args.env)
     obs_dim = env.observation_space.shape[0]
     action_dim = env.action_space.shape[0]
@@ -326,28 +250,10 @@ def main(args: Args):
     act_deterministic = jax.jit(lambda p, o: jnp.tanh(actor.apply(p, o)[0]))
 
     state = init_state(actor, critic, obs_dim, action_dim, args)
-    buffer = ReplayBuffer(args.total_steps, obs_dim, action_dim)
+    buffer = ReplayBuffer(args.total_steps, (obs_dim,), (action_dim,))
     rng = np.random.default_rng(args.seed)
-    step, episodes = 0, 0
-    checkpoint = run_dir / "checkpoint.npz"
-    config_path = run_dir / "config.json"
-    if checkpoint.exists():
-        saved = json.loads(config_path.read_text())
-        mine = json.loads(json.dumps(dataclasses.asdict(args)))  # tuples as JSON lists
-        differing = [k for k in mine if k not in ("stop_after",) and saved.get(k) != mine[k]]
-        if differing:
-            raise SystemExit(
-                f"{run_dir} holds a run with different arguments ({', '.join(differing)}); "
-                "use another --run-dir or the same arguments to resume it."
-            )
-        state, step, episodes = load_checkpoint(checkpoint, state, buffer, rng)
-        print(f"resumed {run_dir} at step {step}")
-    else:
-        config_path.write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    state, step, episodes = run.resume(state, buffer, rng)
 
-    curve_path = run_dir / "curve.csv"
-    if not curve_path.exists():
-        curve_path.write_text("step,eval_return,episodes,wall_seconds\n")
     obs, _ = env.reset(seed=args.seed * 1_000_003 + episodes)
     action = None
     last_stop = args.total_steps if args.stop_after is None else min(
@@ -374,16 +280,16 @@ def main(args: Args):
         bar.update(1)
 
         if step % args.snapshot_interval == 0:
-            params = actor_params_numpy(state)
-            np.savez(run_dir / "snapshots" / f"step_{step:08d}.npz", **params)
+            params = state.actor.params
             score = evaluate(
-                eval_env, act_deterministic, state.actor.params, args.eval_episodes, 10_000
+                eval_env,
+                lambda o: np.asarray(act_deterministic(params, o)) * action_scale + action_offset,
+                args.eval_episodes, 10_000,
             )
-            with curve_path.open("a") as f:
-                f.write(f"{step},{score:.3f},{episodes},{time.time() - start:.1f}\n")
+            run.snapshot(step, flat_params(params), score, episodes)
             bar.set_postfix(eval=f"{score:.0f}", alpha=f"{float(metrics.get('alpha', 1)):.3f}")
         if step % args.checkpoint_interval == 0 or step == last_stop:
-            save_checkpoint(checkpoint, state, buffer, rng, step, episodes)
+            run.save(state, buffer, rng, step, episodes)
     bar.close()
     print(f"{args.env}: {step} steps, {episodes} episodes, {time.time() - start:.0f} s this run")
 
