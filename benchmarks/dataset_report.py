@@ -10,6 +10,8 @@ Learning", CoLLAs 2022), per environment:
        standardised with the reference data's mean and std and cut into bins `--bin-width` std
        wide. The reference is the union of the environment's levels (the paper uses its largest,
        most diverse dataset; the union contains every pair of every level, so SACo <= 1).
+       Discrete actions (CartPole, MinAtar) are counted exactly, as in the paper: the action
+       index is its own cell, only the states are binned.
 Writes a Markdown table, a JSON record and one return histogram (PNG) per environment.
 
     python benchmarks/dataset_report.py --envs hopper walker2d halfcheetah
@@ -34,8 +36,9 @@ from common.datasets import load_dataset, normalized_score  # noqa: E402
 class Args:
     envs: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah")
     """Environments to report on."""
-    levels: tuple[str, ...] = generated.LEVELS
-    """Levels to report on (random and expert are needed for TQ)."""
+    levels: tuple[str, ...] | None = None
+    """Levels to report on (random and expert are needed for TQ; default: every level of each
+    environment, `imperfect` too for a discrete task)."""
     size: int | None = None
     """Size suffix of the datasets (as given to generate_datasets.py)."""
     bin_width: float = 0.5
@@ -65,16 +68,22 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    levels = [level for level in (args.levels or generated.levels_of(env))
+              if level in generated.levels_of(env)]
     datasets = {
         level: load_dataset(generated.OfflaxSpec(env, level, args.size).dataset_id)
-        for level in args.levels
+        for level in levels
     }
+    discrete = next(iter(datasets.values())).discrete
     pairs = {
-        level: np.concatenate([d.observations, d.actions], axis=1) for level, d in datasets.items()
+        level: np.concatenate([d.observations, d.actions.reshape(d.size, -1)], axis=1)
+        for level, d in datasets.items()
     }
-    union = np.concatenate([pairs[level] for level in args.levels if level != "medium-expert"])
+    union = np.concatenate([pairs[level] for level in levels if level != "medium-expert"])
     mean, std = union.mean(0), union.std(0) + 1e-6
     obs_dim = next(iter(datasets.values())).observations.shape[1]
+    if discrete:  # the action index is its own cell: (a - 0) / (1 * bin_width) then floor
+        mean[obs_dim:], std[obs_dim:] = 0.0, 1.0 / args.bin_width
 
     def cells(p):
         return discretise(p[:, :obs_dim], p[:, obs_dim:], mean, std, args.bin_width)

@@ -1,6 +1,7 @@
-"""Pick the behaviour policies from a SAC run and commit them to `common/policies/<env>.npz`.
+"""Pick the behaviour policies from a SAC or DQN run and commit them to
+`common/policies/<env>.npz`.
 
-From the snapshots and learning curve written by `benchmarks/sac.py`:
+From the snapshots and learning curve written by `benchmarks/sac.py` (or `benchmarks/dqn.py`):
   expert  the snapshot with the best deterministic return (the top candidates of the learning
           curve re-evaluated over `--select-episodes` episodes), D4RL's "fully trained" policy;
   medium  the first snapshot whose return reaches about a third of the expert's (D4RL: "trained
@@ -9,6 +10,11 @@ From the snapshots and learning curve written by `benchmarks/sac.py`:
           so medium-replay can be rebuilt as the replay buffer at the medium snapshot;
 and the reference scores: ref_min = uniformly random policy, ref_max = the (float16) expert with
 deterministic actions, each averaged over `--ref-episodes` episodes.
+
+A DQN run's policies are greedy Q-networks whose data is collected epsilon-greedily: medium and
+expert with the run's final exploration rate (its training-time behaviour), `imperfect` with
+0.2 (the Batch RL benchmark's), and each replay stretch with the mean of the run's epsilon
+schedule over the steps it covers (`meta["epsilons"]`, the schedule's third column).
 
     python benchmarks/export_policies.py --env-key hopper --run-dir runs/sac/hopper
 """
@@ -27,6 +33,9 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.datasets import generated, policies  # noqa: E402
+from common.environments import make as make_env  # noqa: E402
+
+IMPERFECT_EPSILON = 0.2  # Fujimoto et al. 2019, "Benchmarking Batch Deep RL", Sec. 4
 
 
 @dataclass
@@ -34,7 +43,7 @@ class Args:
     env_key: str = "hopper"
     """Short name of the environment: the policy file is common/policies/<env-key>.npz."""
     run_dir: str = "runs/sac/hopper"
-    """The SAC run (benchmarks/sac.py --run-dir)."""
+    """The SAC or DQN run (benchmarks/sac.py or dqn.py --run-dir)."""
     ref_episodes: int = 100
     """Episodes for each reference score (the issue's protocol: 100)."""
     select_episodes: int = 20
@@ -59,16 +68,39 @@ def load_snapshot(run_dir: Path, step: int) -> dict:
         return {k: data[k].astype(np.float16).astype(np.float32) for k in data.files}
 
 
+def is_discrete(action_space) -> bool:
+    return isinstance(action_space, gym.spaces.Discrete)
+
+
 def evaluate(env_id, params, action_space, episodes, deterministic=True, seed=2024):
-    policy = policies.TanhGaussianPolicy(params, action_space.low, action_space.high)
+    if is_discrete(action_space):
+        policy = policies.EpsilonGreedyQPolicy(params, action_space.n)
+    else:
+        policy = policies.TanhGaussianPolicy(params, action_space.low, action_space.high)
     return generated.average_return(env_id, policy, episodes, seed, deterministic)
+
+
+def uniform_policy(action_space):
+    if is_discrete(action_space):
+        return policies.UniformDiscretePolicy(action_space.n)
+    return policies.UniformPolicy(action_space.low, action_space.high)
+
+
+def mean_epsilon(config: dict, start: int, end: int) -> float:
+    """The mean exploration rate of benchmarks/dqn.py's schedule over steps [start, end)."""
+    import dqn
+
+    args = dqn.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return float(np.mean([dqn.epsilon_at(step, args) for step in range(start, end)]))
 
 
 def main(args: Args):
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     env_id = config["env"]
-    action_space = gym.make(env_id).action_space
+    action_space = make_env(env_id).action_space
+    discrete = is_discrete(action_space)
+    trainer = "dqn" if discrete else "sac"
     curve = read_curve(run_dir)
     trained_steps = curve[-1][0]
 
@@ -81,7 +113,9 @@ def main(args: Args):
             print(f"  step {step}: {score:.1f} over {args.select_episodes} episodes")
         return max(scored)
 
-    top = [s for s, _ in sorted(curve, key=lambda c: c[1], reverse=True)[:3]]
+    # the best returns; among equal ones the latest snapshots (the most trained: DQN reaches
+    # CartPole's cap of 500 early and stays there)
+    top = [s for s, _ in sorted(curve, key=lambda c: (c[1], c[0]), reverse=True)[:3]]
     print(f"{env_id}: expert candidates {top}")
     expert_return, expert_step = best_of(top)
     target = args.medium_fraction * expert_return
@@ -122,12 +156,12 @@ def main(args: Args):
         end = acting[i + 1] if i + 1 < len(acting) else medium_step
         name = f"replay_{i:02d}"
         params[name] = load_snapshot(run_dir, step)
-        schedule.append([name, end - step])
+        schedule.append([name, end - step, mean_epsilon(config, step, end)] if discrete
+                        else [name, end - step])
 
     print(f"reference scores over {args.ref_episodes} episodes ...")
     ref_min = generated.average_return(
-        env_id, policies.UniformPolicy(action_space.low, action_space.high),
-        args.ref_episodes, seed=1, deterministic=False,
+        env_id, uniform_policy(action_space), args.ref_episodes, seed=1, deterministic=False,
     )  # fmt: skip
     ref_max = evaluate(env_id, params["expert"], action_space, args.ref_episodes, seed=2)
     print(f"ref_min {ref_min:.1f}, ref_max {ref_max:.1f}")
@@ -142,8 +176,12 @@ def main(args: Args):
         "medium_fraction_of_expert": medium_return / expert_return,
         "replay_schedule": schedule,
         "replay_snapshot_steps": acting,
-        "sac_trained_steps": trained_steps,
-        "sac_config": config,
+        "trainer": trainer,
+        f"{trainer}_trained_steps": trained_steps,
+        f"{trainer}_config": config,
+        **({"action_space": "discrete",
+            "epsilons": {"medium": config["epsilon_end"], "expert": config["epsilon_end"],
+                         "imperfect": IMPERFECT_EPSILON}} if discrete else {}),
         "learning_curve": curve,
     }
     output = Path(args.output or policies.POLICY_DIR / f"{args.env_key}.npz")

@@ -8,6 +8,7 @@ table, `common/datasets/fingerprints.json` (with the library versions and platfo
 
     python benchmarks/generate_datasets.py                      # hopper, walker2d, halfcheetah
     python benchmarks/generate_datasets.py --envs invertedpendulum --size 20000
+    python benchmarks/generate_datasets.py --envs cartpole        # D4RL's levels + imperfect
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from common.datasets import generated, load_dataset, minari_local_exists  # noqa
 class Args:
     envs: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah")
     """Environments (policy files in common/policies/)."""
-    levels: tuple[str, ...] = generated.LEVELS
-    """Dataset levels to build."""
+    levels: tuple[str, ...] | None = None
+    """Dataset levels to build (default: every level of each environment; discrete tasks add
+    `imperfect`)."""
     size: int | None = None
     """Transitions per dataset; default D4RL's (1M; medium-replay as it falls; medium-expert 2M)."""
     workers: int = 2
@@ -75,8 +77,9 @@ def main(args: Args):
     unknown = sorted(set(args.envs) - set(generated.available_envs()))
     if unknown:
         raise SystemExit(f"no behaviour policies for {unknown}; have {generated.available_envs()}")
-    specs = [generated.OfflaxSpec(env, level, args.size)
-             for env in args.envs for level in args.levels]
+    specs = [generated.OfflaxSpec(env, level, args.size) for env in args.envs
+             for level in (args.levels or generated.levels_of(env))
+             if level in generated.levels_of(env)]
     if args.force:
         for spec in specs:
             if minari_local_exists(spec.dataset_id):

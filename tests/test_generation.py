@@ -165,3 +165,102 @@ def test_two_processes_asking_for_a_new_dataset_at_once_both_get_it(minari_dir):
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert sum("Building offlax/invertedpendulum/expert-2000-v1" in o for o in outputs) == 1
     assert all("2000 transitions" in o for o in outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete tasks: Double DQN behaviour policies -> export -> offlax datasets with integer actions
+
+
+@pytest.fixture(scope="module")
+def cartpole_dqn(tmp_path_factory):
+    """A CI-sized Double DQN run on CartPole (20k steps, ~20 s), split over two runs."""
+    import dqn
+
+    run_dir = tmp_path_factory.mktemp("dqn")
+    args = dqn.Args(
+        env="CartPole-v1", total_steps=20_000, learning_starts=1_000, exploration_steps=8_000,
+        train_frequency=4, target_update_interval=400, snapshot_interval=2_000, eval_episodes=3,
+        checkpoint_interval=100_000, stop_after=9_000, run_dir=str(run_dir),
+    )  # fmt: skip
+    dqn.main(args)
+    with np.load(run_dir / "checkpoint.npz") as checkpoint:
+        assert checkpoint["meta"][0] == 9_000  # stopped on purpose, checkpointed
+    args.stop_after = None
+    dqn.main(args)  # resumes from step 9000
+    return run_dir
+
+
+def test_dqn_learns_cartpole(cartpole_dqn):
+    curve = np.loadtxt(cartpole_dqn / "curve.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(curve[:, 0], np.arange(2_000, 20_001, 2_000))
+    # a uniformly random policy averages about 21 steps, the untrained greedy one about 9
+    assert curve[0, 1] < 30 and curve[:, 1].max() >= 100, curve[:, 1]
+
+
+def test_dqn_policy_acts_the_same_in_portable_math(cartpole_dqn):
+    """The exported Q-network in float64 portable math gives the trained network's Q-values,
+    for the MLP and for MinAtar's convolution."""
+    import jax
+    import jax.numpy as jnp
+    from dqn import QNetwork
+    from online import flat_params
+
+    rng = np.random.default_rng(0)
+    for shape, hidden in (((4,), (16, 8)), ((10, 10, 4), (32,))):
+        network = QNetwork(3, hidden, 8)
+        params = network.init(jax.random.PRNGKey(1), jnp.zeros((1, *shape)))
+        obs = (rng.random((5, *shape)) > 0.6).astype(np.float32) if len(shape) == 3 else \
+            rng.normal(size=(5, *shape)).astype(np.float32)
+        q = np.asarray(network.apply(params, obs))
+        policy = policies.EpsilonGreedyQPolicy(flat_params(params), 3)
+        np.testing.assert_allclose(policy.q_values(obs), q, atol=1e-5)
+        np.testing.assert_array_equal(policy(obs, rng, deterministic=True), q.argmax(1))
+
+
+@pytest.fixture
+def use_tiny_dqn_policies(cartpole_dqn, tmp_path, monkeypatch):
+    import export_policies
+
+    export_policies.main(export_policies.Args(
+        env_key="tinycp", run_dir=str(cartpole_dqn), ref_episodes=4, select_episodes=2,
+        output=str(tmp_path / "tinycp.npz"),
+    ))  # fmt: skip
+    monkeypatch.setattr(policies, "POLICY_DIR", tmp_path)
+    policies.load_policies.cache_clear()
+    yield policies.load_policies("tinycp")
+    policies.load_policies.cache_clear()
+
+
+def test_discrete_suite_generates_and_loads_by_name(use_tiny_dqn_policies, minari_dir):
+    from common.datasets import generated
+
+    meta = use_tiny_dqn_policies.meta
+    assert meta["action_space"] == "discrete" and meta["epsilons"]["imperfect"] == 0.2
+    # medium-replay: uniform actions while the buffer filled, then each snapshot with the mean
+    # epsilon of its stretch of training (falling from 1 towards the final 0.05)
+    schedule = meta["replay_schedule"]
+    assert schedule[0][0] == "random" and schedule[0][1] >= 1_000  # up to the first snapshot
+    assert sum(stretch[1] for stretch in schedule) == meta["medium_step"]
+    epsilons = [stretch[2] for stretch in schedule[1:]]
+    assert all(1.0 >= a >= b >= 0.05 for a, b in zip(epsilons, epsilons[1:]))
+    assert "offlax/tinycp/imperfect-v1" in generated.offlax_ids()
+
+    d = load_dataset("offlax/tinycp/medium-replay-300-v1")  # built on first use
+    assert d.discrete and d.actions.dtype == np.int64 and d.actions.shape == (300,)
+    assert set(np.unique(d.actions)) <= {0, 1}
+    assert d.observations.shape == (300, 4) and d.info.env_id == "CartPole-v1"
+    assert (d.info.ref_min_score, d.info.ref_max_score) == (
+        meta["ref_min_score"], meta["ref_max_score"])  # fmt: skip
+    assert d.terminals.sum() > 0  # the pole falls: true terminals
+    ds = minari.load_dataset("offlax/tinycp/medium-replay-300-v1")
+    assert type(ds.spec.action_space).__name__ == "Discrete"
+
+    # imperfect = the expert acting with epsilon 0.2: mostly, not only, the greedy action
+    imperfect = load_dataset("offlax/tinycp/imperfect-400-v1")
+    expert = policies.make_policy(use_tiny_dqn_policies, "expert",
+                                  __import__("gymnasium").spaces.Discrete(2))
+    greedy = expert(imperfect.observations, None, deterministic=True)
+    agreement = (greedy == imperfect.actions).mean()
+    assert 0.8 < agreement < 0.97  # 0.8 + 0.2 / 2 = 0.9 expected
+    with pytest.raises(Exception, match="imperfect"):  # a continuous task has no such level
+        load_dataset("offlax/invertedpendulum/imperfect-100-v1")

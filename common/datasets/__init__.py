@@ -10,6 +10,8 @@
   * an offlax dataset (`offlax/hopper/medium-v1`), built from the committed behaviour policies on
     first use and cached in the local Minari directory (`generated.py`, `policies.py`).
 
+Discrete-action datasets (offlax's CartPole and MinAtar tasks) hold integer actions, shape (N,),
+and image observations flattened to uint8 rows (`Dataset.discrete`).
 Every transition is (s, a, r, s', terminal, timeout): `terminals` marks a true end of the MDP
 (no bootstrapping from s'), `timeouts` an episode cut by a time limit or by the end of the data
 (s' is a real next state; the episode simply stops there). An episode ends where either is set.
@@ -49,8 +51,8 @@ from common.datasets.minari_store import (
 )
 
 __all__ = [
-    "DEFAULT_DATASET", "Dataset", "DatasetError", "DatasetFormatError", "DatasetInfo",
-    "DatasetUnavailableError", "DatasetWarning", "UnknownDatasetError", "check_dataset",
+    "DEFAULT_DATASET", "DEFAULT_DISCRETE_DATASET", "Dataset", "DatasetError",
+    "DatasetFormatError", "DatasetInfo", "DatasetUnavailableError", "DatasetWarning", "UnknownDatasetError", "check_dataset",
     "check_reference_scores", "fingerprint", "known_names", "load_d4rl_hdf5", "load_dataset",
     "minari_local_exists", "normalized_score", "source_dataset",
 ]  # fmt: skip
@@ -58,6 +60,8 @@ __all__ = [
 # The embedded default: built from the committed behaviour policies on first use (about a
 # minute on 2 cores), so the README's main command works with no dataset hub in reach.
 DEFAULT_DATASET = "offlax/hopper/medium-replay-v1"
+# The discrete-action files' default, likewise built on first use (seconds).
+DEFAULT_DISCRETE_DATASET = "offlax/cartpole/medium-replay-v1"
 
 
 def load_dataset(name: str) -> Dataset:

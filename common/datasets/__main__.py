@@ -31,10 +31,12 @@ def main(argv=None) -> int:
         return error.exit_code
     returns = dataset.episode_returns()
     info = dataset.info
+    actions = (f"discrete actions {int(dataset.actions.min())}..{int(dataset.actions.max())}"
+               if dataset.discrete else f"action {dataset.actions.shape[1]}")
     print(f"{info.name}  [{info.source}: {info.dataset_id}]  env {info.env_id}")
     print(
         f"  {dataset.size} transitions, {len(returns)} episodes, obs {dataset.observations.shape[1]}"
-        f", action {dataset.actions.shape[1]}, terminals {int(dataset.terminals.sum())}, "
+        f", {actions}, terminals {int(dataset.terminals.sum())}, "
         f"timeouts {int(dataset.timeouts.sum())}"
     )
     print(f"  return mean {returns.mean():.1f} min {returns.min():.1f} max {returns.max():.1f}")

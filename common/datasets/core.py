@@ -56,8 +56,8 @@ FLAT_FIELDS = ("observations", "actions", "rewards", "next_observations", "termi
 
 @dataclass(frozen=True)
 class Dataset:
-    observations: np.ndarray  # (N, obs_dim) float32
-    actions: np.ndarray  # (N, action_dim) float32
+    observations: np.ndarray  # (N, obs_dim) float32 (uint8 for images, flattened)
+    actions: np.ndarray  # (N, action_dim) float32, or (N,) int64 for a discrete action space
     rewards: np.ndarray  # (N,) float32
     next_observations: np.ndarray  # (N, obs_dim) float32
     terminals: np.ndarray  # (N,) bool: s' is terminal, do not bootstrap
@@ -67,6 +67,11 @@ class Dataset:
     @property
     def size(self) -> int:
         return len(self.rewards)
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the actions are indices of a Discrete action space (1-D integers)."""
+        return self.actions.dtype.kind in "iu"
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -131,14 +136,15 @@ def check_dataset(dataset: Dataset) -> Dataset:
         raise DatasetFormatError(f"Dataset '{name}' is empty: it holds no transitions to train on.")
     fields = {f: getattr(dataset, f) for f in FLAT_FIELDS}
     lengths = {f: len(v) for f, v in fields.items()}
-    ranks = {"observations": 2, "actions": 2, "next_observations": 2, "rewards": 1,
-             "terminals": 1, "timeouts": 1}
+    ranks = {"observations": 2, "actions": 1 if dataset.discrete else 2, "next_observations": 2,
+             "rewards": 1, "terminals": 1, "timeouts": 1}
     wrong = [f"{f} {v.shape}" for f, v in fields.items() if v.ndim != ranks[f]]
     if len(set(lengths.values())) != 1 or wrong:
         raise DatasetFormatError(
             f"Dataset '{name}' is not a table of transitions: fields have lengths {lengths}"
             + (f" and wrong ranks: {', '.join(wrong)}" if wrong else "") + ". Every field needs "
-            "one row per transition (observations and actions 2-D, the others 1-D).")
+            "one row per transition (observations and continuous actions 2-D, the others and "
+            "discrete actions 1-D).")
     if dataset.next_observations.shape != dataset.observations.shape:
         raise DatasetFormatError(
             f"Dataset '{name}' has observations {dataset.observations.shape} but "

@@ -117,9 +117,12 @@ def _unreachable_reason() -> str | None:
 
 def _flatten_observations(observations) -> np.ndarray:
     """Dict observations (goal-conditioned sets) become one vector: observation, desired_goal,
-    then any other keys in sorted order (D4RL's AntMaze layout puts the goal after the state)."""
+    then any other keys in sorted order (D4RL's AntMaze layout puts the goal after the state).
+    Boolean and integer observations (MinAtar's images) stay a byte per entry, as uint8."""
     if not isinstance(observations, dict):
-        return np.asarray(observations, np.float32).reshape(len(observations), -1)
+        observations = np.asarray(observations)
+        dtype = np.uint8 if observations.dtype.kind in "bui" else np.float32
+        return observations.astype(dtype, copy=False).reshape(len(observations), -1)
     order = [k for k in ("observation", "desired_goal") if k in observations]
     order += sorted(k for k in observations if k not in order and k != "achieved_goal")
     parts = [np.asarray(observations[k], np.float32) for k in order]
@@ -210,7 +213,11 @@ def flatten_episodes(episodes, dataset_id: str) -> tuple:
         timeout[-1] |= not terminal[-1]  # the episode stops here even if the flag was not set
         fields["obs"].append(obs[:-1])
         fields["next"].append(obs[1:])
-        fields["act"].append(np.asarray(episode.actions, np.float32).reshape(length, -1))
+        actions = np.asarray(episode.actions)
+        if actions.dtype.kind in "iu":  # a Discrete action space: one integer per step
+            fields["act"].append(actions.astype(np.int64).reshape(length))
+        else:
+            fields["act"].append(actions.astype(np.float32).reshape(length, -1))
         fields["rew"].append(np.asarray(episode.rewards, np.float32).reshape(-1))
         fields["term"].append(terminal)
         fields["trunc"].append(timeout)

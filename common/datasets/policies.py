@@ -1,5 +1,8 @@
 """The committed behaviour policies (`common/policies/<env>.npz`) that offlax's datasets are
-rolled out with, evaluated with `portable_math` so that they act the same on every machine."""
+rolled out with, evaluated with `portable_math` so that they act the same on every machine.
+
+Continuous tasks have SAC actors (`benchmarks/sac.py`), discrete ones DQN Q-networks
+(`benchmarks/dqn.py`, `meta["action_space"] == "discrete"`), which act epsilon-greedily."""
 
 from __future__ import annotations
 
@@ -98,7 +101,76 @@ class UniformPolicy:
         return (self.low + (self.high - self.low) * u).astype(np.float32)
 
 
-def make_policy(policies: BehaviourPolicies, name: str, action_space):
+class EpsilonGreedyQPolicy:
+    """The Q-network of benchmarks/dqn.py acting epsilon-greedily: argmax_a Q(s, a) (the first
+    of tied maxima), or with probability epsilon a uniformly random action.
+
+    Q is computed in float64 with `portable_math` like the SAC actor: vector observations go
+    through the MLP; images (H, W, C) first through the 3x3 VALID convolution, computed as one
+    dense layer on the 3x3xC patches (the kernel's (dy, dx, c) order), and flattened in (y, x,
+    channel) order as flax does. Every call draws both the exploration coin and the random
+    action for every row, so the random stream never depends on epsilon or on Q."""
+
+    def __init__(self, layers: dict, num_actions: int, epsilon: float = 0.0):
+        as64 = lambda name: np.asarray(layers[name], np.float64)  # noqa: E731
+        hidden = sorted(
+            (k for k in layers if k.startswith("hidden_") and k.endswith("/kernel")),
+            key=lambda k: int(k.split("_")[1].split("/")[0]),
+        )
+        self.conv = None
+        if "conv_0/kernel" in layers:
+            kernel = as64("conv_0/kernel")  # (3, 3, C, F)
+            self.conv = (kernel.reshape(-1, kernel.shape[-1]), as64("conv_0/bias"),
+                         kernel.shape[0])
+        self.hidden = [(as64(k), as64(k.replace("kernel", "bias"))) for k in hidden]
+        self.q = (as64("q/kernel"), as64("q/bias"))
+        self.num_actions, self.epsilon = int(num_actions), float(epsilon)
+
+    def q_values(self, obs) -> np.ndarray:
+        x = np.asarray(obs, np.float32)
+        if self.conv is not None:
+            kernel, bias, size = self.conv
+            n, height, width = x.shape[:3]
+            out_h, out_w = height - size + 1, width - size + 1
+            patches = np.stack([x[:, dy:dy + out_h, dx:dx + out_w, :]
+                                for dy in range(size) for dx in range(size)], axis=3)
+            h = portable_math.dense(patches.reshape(n * out_h * out_w, -1), kernel, bias)
+            x = np.where(h > 0.0, h, 0.0).reshape(n, -1)
+        for kernel, bias in self.hidden:
+            h = portable_math.dense(x, kernel, bias)
+            x = np.where(h > 0.0, h, 0.0)
+        return portable_math.dense(x, *self.q)
+
+    def __call__(self, obs, rng: np.random.Generator, deterministic: bool = False) -> np.ndarray:
+        greedy = np.argmax(self.q_values(obs), axis=1)
+        if deterministic:
+            return greedy.astype(np.int64)
+        explore = rng.random(len(greedy)) < self.epsilon
+        random_actions = rng.integers(0, self.num_actions, len(greedy))
+        return np.where(explore, random_actions, greedy).astype(np.int64)
+
+
+class UniformDiscretePolicy:
+    """Uniformly random actions among `num_actions`."""
+
+    def __init__(self, num_actions: int):
+        self.num_actions = int(num_actions)
+
+    def __call__(self, obs, rng: np.random.Generator, deterministic: bool = False) -> np.ndarray:
+        return rng.integers(0, self.num_actions, len(obs)).astype(np.int64)
+
+
+def is_discrete(policies: BehaviourPolicies) -> bool:
+    return policies.meta.get("action_space") == "discrete"
+
+
+def make_policy(policies: BehaviourPolicies, name: str, action_space, epsilon: float = 0.0):
+    """The policy `name` of the file ("random": uniform actions); a discrete one acts
+    epsilon-greedily with `epsilon`."""
+    if is_discrete(policies):
+        if name == "random":
+            return UniformDiscretePolicy(action_space.n)
+        return EpsilonGreedyQPolicy(policies.params[name], action_space.n, epsilon)
     if name == "random":
         return UniformPolicy(action_space.low, action_space.high)
     return TanhGaussianPolicy(policies.params[name], action_space.low, action_space.high)
