@@ -29,6 +29,19 @@ def transitions_on_device(dataset: Dataset, stats: ObservationStatistics,
     })
 
 
+def discrete_transitions_on_device(dataset: Dataset, rewards=None) -> dict:
+    """The training arrays of a discrete-action dataset on the default device: observations as
+    stored (float32 vectors, or uint8 images that the networks cast: a quarter of the memory),
+    actions as int32 indices, rewards (the dataset's unless given), terminals as float32."""
+    return jax.device_put({
+        "observations": dataset.observations,
+        "actions": dataset.actions.astype(np.int32),
+        "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
+        "next_observations": dataset.next_observations,
+        "terminals": dataset.terminals.astype(np.float32),
+    })
+
+
 def sample_batch(data: dict, key, batch_size: int) -> dict:
     """`batch_size` transitions drawn uniformly with replacement, inside jit."""
     indices = jax.random.randint(key, (batch_size,), 0, data["rewards"].shape[0])

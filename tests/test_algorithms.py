@@ -22,13 +22,19 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "algorithms"))
 import bc  # noqa: E402
+import bc_discrete  # noqa: E402
 import bcq  # noqa: E402
+import bcq_discrete  # noqa: E402
 import cql  # noqa: E402
+import cql_discrete  # noqa: E402
 import iql  # noqa: E402
 import por  # noqa: E402
 import td3_bc  # noqa: E402
 
 ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql, "bcq": bcq, "por": por}
+# The discrete-action files, tested end to end in test_discrete.py; here their CLI.
+EVERY_FILE = {**ALGORITHMS, "bc_discrete": bc_discrete, "bcq_discrete": bcq_discrete,
+              "cql_discrete": cql_discrete}
 SHARED_FLAGS = ("env", "seed", "num_seeds", "total_updates", "eval_interval", "eval_episodes",
                 "batch_size", "hidden_dims", "output_dir", "resume", "keep_checkpoints")
 EXPERT = "offlax/invertedpendulum/expert-5000-v1"  # 5 episodes of return 1000
@@ -60,12 +66,12 @@ def final_scores(results):
 # One CLI
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", EVERY_FILE)
 def test_every_flag_is_documented_in_help(name):
-    fields = [f.name for f in ALGORITHMS[name].Args.__dataclass_fields__.values()]
+    fields = [f.name for f in EVERY_FILE[name].Args.__dataclass_fields__.values()]
     assert fields[: len(SHARED_FLAGS)] == list(SHARED_FLAGS), "the shared flags come first, in order"
     # every field is followed by its docstring in the source (tyro turns them into --help text)
-    body = ast.parse(inspect.getsource(ALGORITHMS[name].Args)).body[0].body
+    body = ast.parse(inspect.getsource(EVERY_FILE[name].Args)).body[0].body
     for statement, following in zip(body, body[1:] + [None]):
         if isinstance(statement, ast.AnnAssign):
             assert isinstance(following, ast.Expr) and isinstance(following.value.value, str), \

@@ -20,17 +20,52 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.datasets import Dataset, DatasetError
+from common.environments import EnvironmentUnavailable
+from common.environments import make as make_environment
 from common.normalization import ActionScaling
 
 EVAL_SEED_STRIDE = 100_000  # episode e of the agent seeded s resets with seed s * stride + e
 
 
+DISCRETE_FILES = "algorithms/bc_discrete.py, bcq_discrete.py or cql_discrete.py"
+
+
 def env_action_scaling(dataset: Dataset) -> ActionScaling:
     """The action bounds of the dataset's evaluation environment, which is made once (and
-    closed) to check that it exists and agrees with the dataset (`make_env`)."""
+    closed) to check that it exists and agrees with the dataset (`make_env`), for an algorithm
+    that learns continuous actions."""
+    if dataset.discrete:
+        raise DatasetError(
+            f"Dataset '{dataset.info.name}' has discrete actions (integer indices), and this "
+            f"algorithm learns continuous ones. Use a discrete-action algorithm: {DISCRETE_FILES}.")
     env = make_env(dataset)
     try:
         return ActionScaling.from_space(env.action_space)
+    finally:
+        env.close()
+
+
+def env_num_actions(dataset: Dataset) -> int:
+    """The number of actions of the dataset's (Discrete) evaluation environment, for an algorithm
+    that learns discrete actions; checked like `env_action_scaling`."""
+    if not dataset.discrete:
+        raise DatasetError(
+            f"Dataset '{dataset.info.name}' has continuous actions, and this algorithm learns "
+            "discrete ones (an index among n actions). Use a continuous-action algorithm, e.g. "
+            "algorithms/bc.py, bcq.py or cql.py.")
+    env = make_env(dataset)
+    try:
+        return int(env.action_space.n)
+    finally:
+        env.close()
+
+
+def observation_shape(env_id: str) -> tuple[int, ...]:
+    """The shape of the environment's observations (datasets store them flattened: an image
+    observation is one row of H * W * C entries)."""
+    env = make_environment(env_id)
+    try:
+        return tuple(env.observation_space.shape)
     finally:
         env.close()
 
@@ -45,7 +80,9 @@ def make_env(dataset: Dataset) -> gym.Env:
             "environment, or load a D4RL HDF5 file with `load_d4rl_hdf5(path, env_id=...)`."
         )
     try:
-        env = gym.make(env_id)
+        env = make_environment(env_id)
+    except EnvironmentUnavailable as error:
+        raise DatasetError(f"Dataset '{dataset.info.name}' is evaluated in '{env_id}': {error}")
     except Exception as error:  # gymnasium raises several types for unknown / uninstalled envs
         raise DatasetError(
             f"Dataset '{dataset.info.name}' is evaluated in '{env_id}', which Gymnasium cannot "
@@ -53,12 +90,16 @@ def make_env(dataset: Dataset) -> gym.Env:
             "(e.g. gymnasium-robotics for AntMaze and Adroit)."
         ) from None
     obs_shape = env.observation_space.shape
-    if not isinstance(env.action_space, gym.spaces.Box):
+    expected = gym.spaces.Discrete if dataset.discrete else gym.spaces.Box
+    if not isinstance(env.action_space, expected):
         env.close()
-        raise DatasetError(f"'{env_id}' has a {type(env.action_space).__name__} action space; "
-                           "this algorithm needs a continuous (Box) one.")
+        raise DatasetError(
+            f"Dataset '{dataset.info.name}' has {'discrete' if dataset.discrete else 'continuous'}"
+            f" actions, but its environment '{env_id}' has a "
+            f"{type(env.action_space).__name__} action space: the dataset was not made in it.")
     action_shape = env.action_space.shape
-    if obs_shape != dataset.observations.shape[1:] or action_shape != dataset.actions.shape[1:]:
+    flat_obs = (int(np.prod(obs_shape)),) if len(obs_shape) > 1 else obs_shape  # stored flat
+    if flat_obs != dataset.observations.shape[1:] or action_shape != dataset.actions.shape[1:]:
         env.close()
         raise DatasetError(
             f"Dataset '{dataset.info.name}' has observations {dataset.observations.shape[1:]} and "
@@ -85,15 +126,18 @@ class Evaluator:
 
     policy(params, observations) -> unit-box actions, for one agent and a batch of raw
     observations (any observation normalisation happens inside it); a stochastic policy takes a
-    third argument, a key, and is given one per episode and step (`episode_key`).
+    third argument, a key, and is given one per episode and step (`episode_key`). With
+    `action_scaling` None the actions are discrete: the policy returns action indices.
+    Observations reach the policy flattened, (batch, H * W * C) for images, as datasets store
+    them.
     """
 
     def __init__(self, env_id: str, policy: Callable, seeds, episodes: int,
-                 action_scaling: ActionScaling):
+                 action_scaling: ActionScaling | None):
         self.seeds = [int(s) for s in seeds]
         self.episodes = episodes
         self.num_envs = len(self.seeds) * episodes
-        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * self.num_envs)
+        self.envs = gym.vector.SyncVectorEnv([lambda: make_environment(env_id)] * self.num_envs)
         self.reset_seeds = [s * EVAL_SEED_STRIDE + e for s in self.seeds for e in range(episodes)]
 
         agent_reset_seeds = jnp.asarray(self.reset_seeds).reshape(len(self.seeds), episodes)
@@ -109,6 +153,8 @@ class Evaluator:
         def act(params, observations, step):  # params: (S, ...), observations: (S, E, obs_dim)
             unit = jax.vmap(agent_policy, (0, 0, 0, None))(params, observations,
                                                            agent_reset_seeds, step)
+            if action_scaling is None:  # discrete: indices
+                return unit
             actions = action_scaling.from_unit(unit)
             return jnp.clip(actions, action_scaling.low, action_scaling.high)
 
@@ -123,7 +169,8 @@ class Evaluator:
         step = 0
         while running.any():
             obs = observations.reshape(*shape, -1).astype(np.float32)
-            actions = np.asarray(self.act(params, obs, step)).reshape(self.num_envs, -1)
+            actions = np.asarray(self.act(params, obs, step))
+            actions = actions.reshape(self.num_envs, *actions.shape[2:])
             step += 1
             observations, rewards, terminated, truncated, _ = self.envs.step(actions)
             returns += np.where(running, rewards, 0.0)

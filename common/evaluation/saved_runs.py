@@ -97,11 +97,17 @@ def evaluate_run(run_dir, episodes: int | None = None) -> dict:
     run = load_run(run_dir)
     results, statistics, module = run["results"], run["statistics"], run["module"]
     args = args_from_dict(module.Args, results["args"])
-    stats = ObservationStatistics(np.asarray(statistics["obs_mean"]),
-                                  np.asarray(statistics["obs_std"]))
-    scaling = ActionScaling(np.asarray(statistics["action_low"]),
-                            np.asarray(statistics["action_high"]))
-    policy = module.evaluation_policy(args, len(scaling.low), stats)
+    if "num_actions" in statistics:  # a discrete-action file: indices, no action bounds
+        shape = tuple(int(n) for n in np.asarray(statistics["observation_shape"]))
+        scaling = None
+        policy = module.evaluation_policy(args, int(statistics["num_actions"]),
+                                          shape if len(shape) == 3 else None)
+    else:
+        stats = ObservationStatistics(np.asarray(statistics["obs_mean"]),
+                                      np.asarray(statistics["obs_std"]))
+        scaling = ActionScaling(np.asarray(statistics["action_low"]),
+                                np.asarray(statistics["action_high"]))
+        policy = module.evaluation_policy(args, len(scaling.low), stats)
     dataset = results["dataset"]
     info = DatasetInfo(name=results["env"], source=dataset["source"], dataset_id=dataset["id"],
                        env_id=dataset["env_id"], ref_min_score=dataset["ref_min_score"],
@@ -120,9 +126,9 @@ def evaluate_run(run_dir, episodes: int | None = None) -> dict:
 def record_video(evaluation: dict, path: Path) -> str:
     """Record agent 0's episode 0 (the evaluation's own reset seed) to `path`; returns a line
     saying what happened. Rendering or encoding problems skip the video, not the evaluation."""
-    import gymnasium as gym
     import jax
 
+    from common.environments import make as make_env
     from common.evaluation import EVAL_SEED_STRIDE, episode_key, takes_key
 
     try:
@@ -138,10 +144,12 @@ def record_video(evaluation: dict, path: Path) -> str:
     else:
         act = jax.jit(lambda p, o, step: policy(p, o))
     try:
-        env = gym.make(info.env_id, render_mode="rgb_array")
+        env = make_env(info.env_id, render_mode="rgb_array")
         observation, _ = env.reset(seed=seed * EVAL_SEED_STRIDE)
         frames = [env.render()]
     except Exception as error:  # MuJoCo raises several types when no GL context can be made
+        if type(error).__name__ == "DependencyNotInstalled":  # e.g. CartPole's pygame renderer
+            return f"video skipped: rendering {info.env_id} needs a package missing here: {error}"
         return (f"video skipped: no OpenGL backend for offscreen rendering here "
                 f"(MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {type(error).__name__}: {error}). "
                 "Install EGL (e.g. libegl1) or OSMesa (libosmesa6 with MUJOCO_GL=osmesa).")
@@ -150,9 +158,11 @@ def record_video(evaluation: dict, path: Path) -> str:
                leave=False)  # offscreen rendering takes most of the time  # fmt: skip
     step = 0
     while not done:
-        action = np.asarray(act(params, observation[None].astype(np.float32), step))[0]
+        flat = observation.reshape(1, -1).astype(np.float32)
+        action = np.asarray(act(params, flat, step))[0]
         step += 1
-        action = np.clip(scaling.from_unit(action), scaling.low, scaling.high)
+        if scaling is not None:
+            action = np.clip(scaling.from_unit(action), scaling.low, scaling.high)
         observation, reward, terminated, truncated, _ = env.step(action)
         total += float(reward)
         frames.append(env.render())
