@@ -32,6 +32,15 @@ SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "bcq", "por")
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",
             "offlax/halfcheetah/medium-expert-v1")
+# The discrete files run on every level of the discrete tasks.
+DISCRETE_ALGORITHMS = ("bc_discrete", "bcq_discrete", "cql_discrete")
+DISCRETE_DATASETS = tuple(f"offlax/cartpole/{level}-v1" for level in
+                          ("random", "medium", "medium-replay", "expert", "medium-expert",
+                           "imperfect"))
+
+
+def datasets_of(algorithm: str) -> tuple[str, ...]:
+    return DISCRETE_DATASETS if algorithm in DISCRETE_ALGORITHMS else DATASETS
 
 
 def score_file(algorithm: str, env: str, seed: int | None = None) -> Path:
@@ -73,7 +82,10 @@ def run_one(algorithm: str, env: str, seed: int | None, options, extra: list[str
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="default: each algorithm's kind of datasets (continuous: the three "
+                             "MuJoCo ones; discrete: every CartPole level); given, those of them "
+                             "that match each algorithm's kind")
     parser.add_argument("--total-updates", type=int, default=100_000)
     parser.add_argument("--num-seeds", type=int, default=3)
     parser.add_argument("--split-seeds", action="store_true",
@@ -86,8 +98,13 @@ def main():
     SCORES_DIR.mkdir(parents=True, exist_ok=True)
     seeds = list(range(options.num_seeds)) if options.split_seeds else [None]
     todo = []
-    for env in options.datasets:
+    envs = options.datasets or list(dict.fromkeys(
+        env for algorithm in options.algorithms for env in datasets_of(algorithm)))
+    for env in envs:
         for algorithm in options.algorithms:
+            known = env in DATASETS or env in DISCRETE_DATASETS
+            if known and env not in datasets_of(algorithm):
+                continue  # a continuous file on discrete data, or the other way round
             for seed in seeds:
                 target = score_file(algorithm, env, seed)
                 if target.exists() and not options.force:

@@ -1,6 +1,9 @@
 """Assemble the score runs (benchmarks/results/scores/*.json) into a table and learning curves.
 
     python benchmarks/score_table.py    # -> benchmarks/results/scores.md, scores_curves.png
+
+The discrete files' runs (on the discrete tasks) get their own table in the same file and their
+own curves, scores_discrete_curves.png.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from run_scores import ALGORITHMS, DATASETS, SCORES_DIR  # noqa: E402  (beside this file)
+from run_scores import (  # noqa: E402  (beside this file)
+    ALGORITHMS,
+    DATASETS,
+    DISCRETE_ALGORITHMS,
+    DISCRETE_DATASETS,
+    SCORES_DIR,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -94,14 +103,8 @@ def main():
     runs = load_runs()
     if not runs:
         raise SystemExit("no runs in benchmarks/results/scores/: run benchmarks/run_scores.py first")
-    older = {previous_version(env) for env in DATASETS} - {None}
-    envs = list(dict.fromkeys([*DATASETS, *(r["env"] for r in runs if r["env"] not in older)]))
-    algorithms = list(dict.fromkeys([*ALGORITHMS, *(r["algorithm"] for r in runs)]))
-    by_key = {(r["algorithm"], r["env"]): r for r in runs}
-    report = RESULTS / "datasets" / "report.json"
-    rows = json.loads(report.read_text()) if report.exists() else []
-    data_scores = {row["dataset"]: row["normalized_mean"] for row in rows}
-
+    discrete = [r for r in runs if r["algorithm"] in DISCRETE_ALGORITHMS]
+    continuous = [r for r in runs if r["algorithm"] not in DISCRETE_ALGORITHMS]
     lines = [
         "# Normalised scores on offlax's D4RL-style datasets",
         "",
@@ -113,6 +116,30 @@ def main():
         "current version has been run. Where both exist, the cell shows the current one and the "
         "previous one after it.",
         "",
+    ]
+    lines += group_table(continuous, ALGORITHMS, DATASETS, "scores_curves.png")
+    if discrete:
+        lines += ["", "## Discrete actions", "",
+                  "The discrete files on every level of the discrete tasks (greedy evaluation, "
+                  "as each file's `--eval-epsilon`).", ""]
+        lines += group_table(discrete, DISCRETE_ALGORITHMS, DISCRETE_DATASETS,
+                             "scores_discrete_curves.png")
+    (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def group_table(runs: list[dict], default_algorithms, default_datasets, curves: str) -> list[str]:
+    """The score table and run table of one group of runs (Markdown lines), and its curves."""
+    older = {previous_version(env) for env in default_datasets} - {None}
+    envs = list(dict.fromkeys([*default_datasets,
+                               *(r["env"] for r in runs if r["env"] not in older)]))
+    algorithms = list(dict.fromkeys([*default_algorithms, *(r["algorithm"] for r in runs)]))
+    by_key = {(r["algorithm"], r["env"]): r for r in runs}
+    report = RESULTS / "datasets" / "report.json"
+    rows = json.loads(report.read_text()) if report.exists() else []
+    data_scores = {row["dataset"]: row["normalized_mean"] for row in rows}
+
+    lines = [
         "| dataset | data (mean episode) | " + " | ".join(algorithms) + " |",
         "|---|---:|" + "---:|" * len(algorithms),
     ]
@@ -142,8 +169,6 @@ def main():
                     f"| {algorithm} `{env}`{how} | {run['updates']:,} | {len(run['seeds'])} | "
                     f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | "
                     f"{run['device']} |")
-    (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
     figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
@@ -167,7 +192,9 @@ def main():
     for ax in axes[0]:
         ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(RESULTS / "scores_curves.png", dpi=120)
+    figure.savefig(RESULTS / curves, dpi=120)
+    plt.close(figure)
+    return lines
 
 
 if __name__ == "__main__":
