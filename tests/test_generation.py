@@ -222,12 +222,12 @@ def use_tiny_dqn_policies(cartpole_dqn, tmp_path, monkeypatch):
     import export_policies
 
     export_policies.main(export_policies.Args(
-        env_key="tinycp", run_dir=str(cartpole_dqn), ref_episodes=4, select_episodes=2,
-        output=str(tmp_path / "tinycp.npz"),
+        env_key="tiny-cp", run_dir=str(cartpole_dqn), ref_episodes=4, select_episodes=2,
+        output=str(tmp_path / "tiny-cp.npz"),
     ))  # fmt: skip
     monkeypatch.setattr(policies, "POLICY_DIR", tmp_path)
     policies.load_policies.cache_clear()
-    yield policies.load_policies("tinycp")
+    yield policies.load_policies("tiny-cp")
     policies.load_policies.cache_clear()
 
 
@@ -243,20 +243,20 @@ def test_discrete_suite_generates_and_loads_by_name(use_tiny_dqn_policies, minar
     assert sum(stretch[1] for stretch in schedule) == meta["medium_step"]
     epsilons = [stretch[2] for stretch in schedule[1:]]
     assert all(1.0 >= a >= b >= 0.05 for a, b in zip(epsilons, epsilons[1:]))
-    assert "offlax/tinycp/imperfect-v1" in generated.offlax_ids()
+    assert "offlax/tiny-cp/imperfect-v1" in generated.offlax_ids()
 
-    d = load_dataset("offlax/tinycp/medium-replay-300-v1")  # built on first use
+    d = load_dataset("offlax/tiny-cp/medium-replay-300-v1")  # built on first use
     assert d.discrete and d.actions.dtype == np.int64 and d.actions.shape == (300,)
     assert set(np.unique(d.actions)) <= {0, 1}
     assert d.observations.shape == (300, 4) and d.info.env_id == "CartPole-v1"
     assert (d.info.ref_min_score, d.info.ref_max_score) == (
         meta["ref_min_score"], meta["ref_max_score"])  # fmt: skip
     assert d.terminals.sum() > 0  # the pole falls: true terminals
-    ds = minari.load_dataset("offlax/tinycp/medium-replay-300-v1")
+    ds = minari.load_dataset("offlax/tiny-cp/medium-replay-300-v1")
     assert type(ds.spec.action_space).__name__ == "Discrete"
 
     # imperfect = the expert acting with epsilon 0.2: mostly, not only, the greedy action
-    imperfect = load_dataset("offlax/tinycp/imperfect-400-v1")
+    imperfect = load_dataset("offlax/tiny-cp/imperfect-400-v1")
     expert = policies.make_policy(use_tiny_dqn_policies, "expert",
                                   __import__("gymnasium").spaces.Discrete(2))
     greedy = expert(imperfect.observations, None, deterministic=True)

@@ -215,7 +215,7 @@ class OfflaxSpec:
 
 
 _OFFLAX_ID = re.compile(
-    r"offlax/(?P<env>[a-z0-9]+)/(?P<level>[a-z-]+?)(-(?P<size>\d+))?-v(?P<version>\d+)"
+    r"offlax/(?P<env>[a-z0-9-]+)/(?P<level>[a-z-]+?)(-(?P<size>\d+))?-v(?P<version>\d+)"
 )
 
 
