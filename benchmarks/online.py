@@ -108,6 +108,12 @@ class OnlineRun:
         if not self.checkpoint.exists():
             return state, 0, 0
         state, step, episodes = load_checkpoint(self.checkpoint, state, buffer, rng)
+        # A run killed after its checkpoint evaluated snapshots that the resumed run evaluates
+        # again: their rows go, so the curve has each step once.
+        header, *rows = self.curve.read_text().splitlines(keepends=True)
+        kept = [row for row in rows if int(row.split(",")[0]) <= step]
+        if len(kept) < len(rows):
+            self.curve.write_text("".join([header, *kept]))
         print(f"resumed {self.dir} at step {step}")
         return state, step, episodes
 

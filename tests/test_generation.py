@@ -264,3 +264,23 @@ def test_discrete_suite_generates_and_loads_by_name(use_tiny_dqn_policies, minar
     assert 0.8 < agreement < 0.97  # 0.8 + 0.2 / 2 = 0.9 expected
     with pytest.raises(Exception, match="imperfect"):  # a continuous task has no such level
         load_dataset("offlax/invertedpendulum/imperfect-100-v1")
+
+
+def test_a_resume_after_a_kill_keeps_each_curve_step_once(tmp_path):
+    """Killed after snapshot 300 but with its last checkpoint at 200: the resumed run evaluates
+    300 again, so the curve keeps only the rows up to the checkpoint."""
+    from online import OnlineRun, ReplayBuffer
+
+    import sac
+
+    args = sac.Args(run_dir=str(tmp_path))
+    run = OnlineRun(args.run_dir, args)
+    buffer, rng = ReplayBuffer(10, (3,), (1,)), np.random.default_rng(0)
+    state = {"w": np.zeros(2, np.float32)}
+    for step in (100, 200):
+        run.snapshot(step, {"layer/kernel": np.zeros(1)}, float(step), 1)
+    run.save(state, buffer, rng, 200, 1)
+    run.snapshot(300, {"layer/kernel": np.zeros(1)}, 300.0, 1)  # then killed
+    _, step, _ = OnlineRun(args.run_dir, args).resume(state, buffer, rng)
+    assert step == 200
+    assert [line.split(",")[0] for line in run.curve.read_text().split()[1:]] == ["100", "200"]
