@@ -35,7 +35,7 @@ from flax.training.train_state import TrainState
 from common.cli import (apply_dataset_overrides, check_args, check_batch_size, parse_cli,
                         run_main)
 from common.datasets import DEFAULT_DISCRETE_DATASET, load_dataset
-from common.evaluation import Evaluator, env_num_actions, observation_shape
+from common.evaluation import Evaluator, env_discrete_spaces
 from common.logger import RunLogger
 from common.training import prepare_output_dir, train
 from common.transitions import discrete_transitions_on_device, sample_batch
@@ -196,10 +196,8 @@ def main(args: Args) -> dict:
     check_args(args, positive=("conv_channels",))
     output_dir, checkpoint = prepare_output_dir("bc_discrete", args)
     dataset = load_dataset(args.env)
-    num_actions = env_num_actions(dataset)
+    num_actions, image_shape = env_discrete_spaces(dataset)
     check_batch_size(args, dataset.size)
-    shape = observation_shape(dataset.info.env_id)
-    image_shape = shape if len(shape) == 3 else None
     obs_dim = dataset.observations.shape[1]
     data = discrete_transitions_on_device(dataset)
 
@@ -212,7 +210,8 @@ def main(args: Args) -> dict:
     evaluate = Evaluator(dataset.info.env_id, evaluation_policy(args, num_actions, image_shape),
                          seeds, args.eval_episodes, action_scaling=None)
     logger = RunLogger("bc_discrete", args, dataset, seeds, output_dir, checkpoint)
-    statistics = dict(num_actions=num_actions, observation_shape=np.asarray(shape))
+    statistics = dict(num_actions=num_actions,
+                      observation_shape=np.asarray(image_shape or (obs_dim,)))
     # Evaluations, checkpoints, the NaN guard and Ctrl-C are common/training.py's; with --resume
     # it continues from the checkpoint's state instead of these fresh ones.
     states = train(states, lambda states, n: train_chunk(states, data, n, args),

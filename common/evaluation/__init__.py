@@ -45,9 +45,10 @@ def env_action_scaling(dataset: Dataset) -> ActionScaling:
         env.close()
 
 
-def env_num_actions(dataset: Dataset) -> int:
-    """The number of actions of the dataset's (Discrete) evaluation environment, for an algorithm
-    that learns discrete actions; checked like `env_action_scaling`."""
+def env_discrete_spaces(dataset: Dataset) -> tuple[int, tuple[int, ...] | None]:
+    """(number of actions, image shape) of the dataset's (Discrete) evaluation environment, for
+    an algorithm that learns discrete actions; checked like `env_action_scaling`. The image
+    shape (H, W, C) is None for vector observations (`image_shape`)."""
     if not dataset.discrete:
         raise DatasetError(
             f"Dataset '{dataset.info.name}' has continuous actions, and this algorithm learns "
@@ -55,19 +56,16 @@ def env_num_actions(dataset: Dataset) -> int:
             "algorithms/bc.py, bcq.py or cql.py.")
     env = make_env(dataset)
     try:
-        return int(env.action_space.n)
+        return int(env.action_space.n), image_shape(env.observation_space.shape)
     finally:
         env.close()
 
 
-def observation_shape(env_id: str) -> tuple[int, ...]:
-    """The shape of the environment's observations (datasets store them flattened: an image
-    observation is one row of H * W * C entries)."""
-    env = make_environment(env_id)
-    try:
-        return tuple(env.observation_space.shape)
-    finally:
-        env.close()
+def image_shape(observation_shape) -> tuple[int, ...] | None:
+    """(H, W, C) for image observations, None for vectors. Datasets store images flattened, one
+    row of H * W * C entries, and the discrete files' networks reshape them back."""
+    shape = tuple(int(n) for n in observation_shape)
+    return shape if len(shape) == 3 else None
 
 
 def make_env(dataset: Dataset) -> gym.Env:

@@ -91,17 +91,16 @@ def evaluate_run(run_dir, episodes: int | None = None) -> dict:
 
     from common.cli import args_from_dict
     from common.datasets import DatasetInfo, normalized_score
-    from common.evaluation import Evaluator
+    from common.evaluation import Evaluator, image_shape
     from common.normalization import ActionScaling, ObservationStatistics
 
     run = load_run(run_dir)
     results, statistics, module = run["results"], run["statistics"], run["module"]
     args = args_from_dict(module.Args, results["args"])
     if "num_actions" in statistics:  # a discrete-action file: indices, no action bounds
-        shape = tuple(int(n) for n in np.asarray(statistics["observation_shape"]))
         scaling = None
         policy = module.evaluation_policy(args, int(statistics["num_actions"]),
-                                          shape if len(shape) == 3 else None)
+                                          image_shape(np.asarray(statistics["observation_shape"])))
     else:
         stats = ObservationStatistics(np.asarray(statistics["obs_mean"]),
                                       np.asarray(statistics["obs_std"]))
