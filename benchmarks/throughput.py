@@ -11,7 +11,7 @@ so "of peak" is the fraction of what XLA's dot reached in that run.
 
 The discrete files are measured at their papers' sizes on both kinds of task: on CartPole's
 states (`<file>/vector`: 256x256 networks, batch 64, the sfujim/BCQ `regular_parameters`) and
-on MinAtar-shaped 10x10x4 images (`<file>/image`: the 3x3 convolution with 16 channels and
+on MinAtar SpaceInvaders-shaped 10x10x6 images (`<file>/image`: the 3x3 convolution with 16 channels and
 128-unit heads, batch 32, the Atari settings), the latter on random frames (the cost of an
 update does not depend on the pixels).
 
@@ -60,7 +60,7 @@ DISCRETE = {"bc_discrete": bc_discrete, "bcq_discrete": bcq_discrete,
             "cql_discrete": cql_discrete}
 # name/task -> (module, task); the order of the table's rows
 ROWS = [*ALGORITHMS, *(f"{name}/{task}" for name in DISCRETE for task in ("vector", "image"))]
-MINATAR_SHAPE = (10, 10, 4)  # MinAtar Breakout's frames
+MINATAR_SHAPE, MINATAR_ACTIONS = (10, 10, 6), 4  # MinAtar SpaceInvaders: frames, actions
 
 
 def discrete_data(task: str, num_transitions: int = 100_000):
@@ -76,10 +76,10 @@ def discrete_data(task: str, num_transitions: int = 100_000):
     frames = lambda: (rng.random((num_transitions, obs_dim)) < 0.1).astype(np.uint8)  # noqa: E731
     data = jax.device_put({
         "observations": frames(), "next_observations": frames(),
-        "actions": rng.integers(0, 3, num_transitions).astype(np.int32),
+        "actions": rng.integers(0, MINATAR_ACTIONS, num_transitions).astype(np.int32),
         "rewards": rng.random(num_transitions).astype(np.float32),
         "terminals": (rng.random(num_transitions) < 0.01).astype(np.float32)})
-    return data, obs_dim, 3, MINATAR_SHAPE
+    return data, obs_dim, MINATAR_ACTIONS, MINATAR_SHAPE
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
@@ -117,7 +117,7 @@ def measure(name: str, num_seeds: int, chunk: int | None, repeats: int, dataset,
     else:  # the file's defaults for the task: its DATASET_OVERRIDES entry for images
         task = name.split("/")[1]
         data, obs_dim, num_actions, image_shape = discrete_data(task)
-        env = "offlax/minatar-breakout/medium-v1" if task == "image" else DEFAULT_DISCRETE_DATASET
+        env = "offlax/minatar-spaceinvaders/medium-v1" if task == "image" else DEFAULT_DISCRETE_DATASET
         args = dataclasses.replace(module.dataset_defaults(env), num_seeds=num_seeds,
                                    total_updates=1_000_000, eval_interval=chunk)
         init = partial(module.init_state, args=args, obs_dim=obs_dim, num_actions=num_actions,
