@@ -134,6 +134,25 @@ def defaults_for(env: str) -> Args:
     return args
 
 
+class Conv3x3(nn.Module):
+    """MinAtar's 3x3 convolution (VALID, stride 1) on (..., H, W, C) images, written as one
+    matmul on the nine shifted views (im2col): the function and parameters of
+    nn.Conv(features, (3, 3), padding="VALID"), but 4x faster on XLA's CPU at 10x10 frames and
+    batch 32, 6x with vmapped seeds (its convolution is slow at these sizes)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        height, width, channels = x.shape[-3:]
+        kernel_init = nn.initializers.lecun_normal()  # nn.Conv's default
+        kernel = self.param("kernel", kernel_init, (3, 3, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        patches = jnp.concatenate([x[..., i:i + height - 2, j:j + width - 2, :]
+                                   for i in range(3) for j in range(3)], axis=-1)
+        return patches @ kernel.reshape(-1, self.features) + bias
+
+
 class QNetwork(nn.Module):
     """Q(s, .) for every action: an MLP on vector observations; on images (H, W, C), a 3x3
     convolution (VALID, stride 1) and ReLU first, flattened, as MinAtar's network. Layer names
@@ -147,7 +166,7 @@ class QNetwork(nn.Module):
     def __call__(self, obs):
         x = obs.astype(jnp.float32)
         if x.ndim == 4:
-            x = nn.relu(nn.Conv(self.conv_channels, (3, 3), padding="VALID", name="conv_0")(x))
+            x = nn.relu(Conv3x3(self.conv_channels, name="conv_0")(x))
             x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.hidden_dims):
             x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))

@@ -11,9 +11,9 @@ so "of peak" is the fraction of what XLA's dot reached in that run.
 
 The discrete files are measured at their papers' sizes on both kinds of task: on CartPole's
 states (`<file>/vector`: 256x256 networks, batch 64, the sfujim/BCQ `regular_parameters`) and
-on MinAtar SpaceInvaders-shaped 10x10x6 images (`<file>/image`: the 3x3 convolution with 16 channels and
-128-unit heads, batch 32, the Atari settings), the latter on random frames (the cost of an
-update does not depend on the pixels).
+on MinAtar SpaceInvaders-shaped 10x10x6 images (`<file>/image`: the 3x3 convolution with 16
+channels and 128-unit heads, batch 32, the Atari settings), the latter on random frames (the
+cost of an update does not depend on the pixels).
 
 Rows of the algorithms not measured now are kept from the existing results, each with its own
 matmul rate and date, so the table can be completed one algorithm at a time:
@@ -117,7 +117,8 @@ def measure(name: str, num_seeds: int, chunk: int | None, repeats: int, dataset,
     else:  # the file's defaults for the task: its DATASET_OVERRIDES entry for images
         task = name.split("/")[1]
         data, obs_dim, num_actions, image_shape = discrete_data(task)
-        env = "offlax/minatar-spaceinvaders/medium-v1" if task == "image" else DEFAULT_DISCRETE_DATASET
+        env = "offlax/minatar-spaceinvaders/medium-v1" if task == "image" else \
+            DEFAULT_DISCRETE_DATASET
         args = dataclasses.replace(module.dataset_defaults(env), num_seeds=num_seeds,
                                    total_updates=1_000_000, eval_interval=chunk)
         init = partial(module.init_state, args=args, obs_dim=obs_dim, num_actions=num_actions,

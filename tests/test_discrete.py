@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,13 +206,26 @@ def test_image_observations_go_through_the_convolution():
     args = bcq_discrete.Args(hidden_dims=(16,), conv_channels=4)
     net = bcq_discrete.network(args, 3, (10, 10, 4))
     params = net.init(jax.random.key(0), jnp.zeros((1, 400)))
-    assert params["params"]["Conv_0"]["kernel"].shape == (3, 3, 4, 4)
+    assert params["params"]["Conv3x3_0"]["kernel"].shape == (3, 3, 4, 4)
     frames = (np.random.default_rng(0).random((2, 10, 10, 4)) > 0.8).astype(np.uint8)
     q, logits = net.apply(params, frames.reshape(2, 400))
     assert q.shape == logits.shape == (2, 3)
     moved = frames.copy()
     moved[0, 5, 5, 1] ^= 1
     assert not np.allclose(net.apply(params, moved.reshape(2, 400))[0][0], q[0])
+
+
+@pytest.mark.parametrize("name", list(DISCRETE))
+def test_convolution_as_one_matmul_equals_flax_conv(name):
+    """Each file's Conv3x3 (im2col, for speed) is nn.Conv(F, (3, 3), padding="VALID") with the
+    same parameters: equal outputs on random frames and random (not initial) parameters."""
+    frames = jnp.asarray(np.random.default_rng(1).random((5, 10, 10, 6)) < 0.3, jnp.float32)
+    conv = DISCRETE[name].Conv3x3(8)
+    params = conv.init(jax.random.key(0), frames)
+    params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+    reference = flax.linen.Conv(8, (3, 3), padding="VALID").apply(params, frames)
+    assert reference.shape == (5, 8, 8, 8)
+    np.testing.assert_allclose(conv.apply(params, frames), reference, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
