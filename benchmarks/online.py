@@ -54,8 +54,10 @@ class ReplayBuffer:
         return {k: v[index] for k, v in self.fields.items()}
 
 
-def save_checkpoint(path: Path, state, buffer: ReplayBuffer, rng, step: int, episodes: int):
-    """Write to a temporary file and rename, so a crash never leaves a broken checkpoint."""
+def save_checkpoint(path: Path, state, buffer: ReplayBuffer, rng, step: int, episodes: int,
+                    wall_seconds: float = 0.0):
+    """Write to a temporary file and rename, so a crash never leaves a broken checkpoint.
+    `wall_seconds`: the training time up to this step, over every process of the run."""
     tmp = path.with_suffix(".tmp.npz")
     arrays = {f"buffer/{k}": v[: buffer.size] for k, v in buffer.fields.items()}
     np.savez(
@@ -63,20 +65,23 @@ def save_checkpoint(path: Path, state, buffer: ReplayBuffer, rng, step: int, epi
         state=np.frombuffer(serialization.to_bytes(state), np.uint8),
         rng=np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8),
         meta=np.array([step, episodes, buffer.position, buffer.size]),
+        wall_seconds=np.float64(wall_seconds),
         **arrays,
     )
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, state_template, buffer: ReplayBuffer, rng):
+    """(state, step, episodes, wall seconds or None where the checkpoint predates them)."""
     with np.load(path) as data:
         state = serialization.from_bytes(state_template, data["state"].tobytes())
         rng.bit_generator.state = json.loads(data["rng"].tobytes().decode())
         step, episodes, position, size = (int(x) for x in data["meta"])
         for k in buffer.fields:
             buffer.fields[k][:size] = data[f"buffer/{k}"]
+        wall_seconds = float(data["wall_seconds"]) if "wall_seconds" in data else None
     buffer.position, buffer.size = position, size
-    return state, step, episodes
+    return state, step, episodes, wall_seconds
 
 
 class OnlineRun:
@@ -107,18 +112,22 @@ class OnlineRun:
         """(state, step, episodes) from the checkpoint if there is one, else from scratch."""
         if not self.checkpoint.exists():
             return state, 0, 0
-        state, step, episodes = load_checkpoint(self.checkpoint, state, buffer, rng)
+        state, step, episodes, wall_seconds = load_checkpoint(self.checkpoint, state, buffer, rng)
         # A run killed after its checkpoint evaluated snapshots that the resumed run evaluates
         # again: their rows go, so the curve has each step once.
         header, *rows = self.curve.read_text().splitlines(keepends=True)
         kept = [row for row in rows if int(row.split(",")[0]) <= step]
         if len(kept) < len(rows):
             self.curve.write_text("".join([header, *kept]))
+        if wall_seconds is None:  # an older checkpoint: the curve's last kept time instead
+            wall_seconds = float(kept[-1].split(",")[3]) if kept else 0.0
+        self.start = time.time() - wall_seconds  # the curve's wall seconds count every process
         print(f"resumed {self.dir} at step {step}")
         return state, step, episodes
 
     def save(self, state, buffer: ReplayBuffer, rng, step: int, episodes: int):
-        save_checkpoint(self.checkpoint, state, buffer, rng, step, episodes)
+        save_checkpoint(self.checkpoint, state, buffer, rng, step, episodes,
+                        time.time() - self.start)
 
     def snapshot(self, step: int, params: dict, eval_return: float, episodes: int):
         """Save the policy's parameters (a flat {layer/name: array} dict) and its return."""

@@ -266,9 +266,12 @@ def test_discrete_suite_generates_and_loads_by_name(use_tiny_dqn_policies, minar
         load_dataset("offlax/invertedpendulum/imperfect-100-v1")
 
 
-def test_a_resume_after_a_kill_keeps_each_curve_step_once(tmp_path):
+def test_a_resume_after_a_kill_keeps_each_curve_step_once_and_its_clock(tmp_path):
     """Killed after snapshot 300 but with its last checkpoint at 200: the resumed run evaluates
-    300 again, so the curve keeps only the rows up to the checkpoint."""
+    300 again, so the curve keeps only the rows up to the checkpoint; its wall seconds go on
+    from the checkpoint's rather than from zero."""
+    import time
+
     from online import OnlineRun, ReplayBuffer
 
     import sac
@@ -279,8 +282,13 @@ def test_a_resume_after_a_kill_keeps_each_curve_step_once(tmp_path):
     state = {"w": np.zeros(2, np.float32)}
     for step in (100, 200):
         run.snapshot(step, {"layer/kernel": np.zeros(1)}, float(step), 1)
+    run.start = time.time() - 1000.0  # 1000 s of training so far
     run.save(state, buffer, rng, 200, 1)
     run.snapshot(300, {"layer/kernel": np.zeros(1)}, 300.0, 1)  # then killed
-    _, step, _ = OnlineRun(args.run_dir, args).resume(state, buffer, rng)
+    resumed = OnlineRun(args.run_dir, args)
+    _, step, _ = resumed.resume(state, buffer, rng)
     assert step == 200
     assert [line.split(",")[0] for line in run.curve.read_text().split()[1:]] == ["100", "200"]
+    resumed.snapshot(300, {"layer/kernel": np.zeros(1)}, 300.0, 1)
+    wall_seconds = float(run.curve.read_text().split()[-1].split(",")[3])
+    assert 1000.0 <= wall_seconds < 1100.0
