@@ -131,17 +131,19 @@ def test_every_offlax_id_has_a_reference_fingerprint():
 
 
 def test_pyproject_admits_exactly_the_reference_build_versions():
-    """The simulator and its environments decide the bytes, so pyproject.toml pins them to the
-    reference build's versions; numpy is bounded to the major version it was built with."""
+    """The simulators and their environments decide the bytes, so pyproject.toml pins them to
+    the reference build's versions (MinAtar in its extra); numpy is bounded to the major version
+    it was built with."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     from packaging.requirements import Requirement
 
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    requirements = {r.name: r for r in map(Requirement, dependencies)}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = {r.name: r for r in map(Requirement, project["dependencies"])}
+    requirements["minatar"] = Requirement(*project["optional-dependencies"]["minatar"])
     for package, version in generated.reference_fingerprints()["built_with"]["versions"].items():
         specifier = requirements[package].specifier
         assert specifier.contains(version), (package, version, specifier)
-        if package in ("mujoco", "gymnasium"):
+        if package in ("mujoco", "minatar", "gymnasium"):
             assert str(specifier) == f"=={version}", (package, specifier)
 
 
