@@ -11,7 +11,8 @@ Learning", CoLLAs 2022), per environment:
        wide. The reference is the union of the environment's levels (the paper uses its largest,
        most diverse dataset; the union contains every pair of every level, so SACo <= 1).
        Discrete actions (CartPole, MinAtar) are counted exactly, as in the paper: the action
-       index is its own cell, only the states are binned.
+       index is its own cell, only the states are binned; MinAtar's frames (uint8 images) are
+       not binned either, so its pairs are exact, as the paper counts them on MinAtar.
 Writes a Markdown table, a JSON record and one return histogram (PNG) per environment.
 
     python benchmarks/dataset_report.py --envs hopper walker2d halfcheetah
@@ -54,6 +55,17 @@ def discretise(observations, actions, mean, std, bin_width) -> np.ndarray:
     return np.ascontiguousarray(cells).view(np.dtype((np.void, cells.dtype.itemsize * cells.shape[1])))[:, 0]
 
 
+def pair_cells(union: np.ndarray, obs_dim: int, discrete: bool, images: bool, bin_width: float):
+    """pairs -> one hashable cell per (s, a) row, with the statistics of the reference `union`:
+    exact bytes for uint8 images, else standardised bins (an integer action its own cell)."""
+    if images:
+        return lambda p: np.ascontiguousarray(p).view(np.dtype((np.void, p.shape[1])))[:, 0]
+    mean, std = union.mean(0), union.std(0) + 1e-6
+    if discrete:  # the action index is its own cell: (a - 0) / (1 * bin_width) then floor
+        mean[obs_dim:], std[obs_dim:] = 0.0, 1.0 / bin_width
+    return lambda p: discretise(p[:, :obs_dim], p[:, obs_dim:], mean, std, bin_width)
+
+
 def unique_pairs(cells: np.ndarray) -> np.ndarray:
     return np.unique(cells)
 
@@ -74,19 +86,17 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
         level: load_dataset(generated.OfflaxSpec(env, level, args.size).dataset_id)
         for level in levels
     }
-    discrete = next(iter(datasets.values())).discrete
+    first = next(iter(datasets.values()))
+    discrete, images = first.discrete, first.observations.dtype == np.uint8
+    # images (MinAtar's uint8 frames): exact (s, a) bytes, as the paper counts MinAtar's pairs
+    pair_dtype = np.uint8 if images else None
     pairs = {
-        level: np.concatenate([d.observations, d.actions.reshape(d.size, -1)], axis=1)
+        level: np.concatenate([d.observations, d.actions.reshape(d.size, -1)], axis=1,
+                              dtype=pair_dtype)
         for level, d in datasets.items()
     }
     union = np.concatenate([pairs[level] for level in levels if level != "medium-expert"])
-    mean, std = union.mean(0), union.std(0) + 1e-6
-    obs_dim = next(iter(datasets.values())).observations.shape[1]
-    if discrete:  # the action index is its own cell: (a - 0) / (1 * bin_width) then floor
-        mean[obs_dim:], std[obs_dim:] = 0.0, 1.0 / args.bin_width
-
-    def cells(p):
-        return discretise(p[:, :obs_dim], p[:, obs_dim:], mean, std, args.bin_width)
+    cells = pair_cells(union, first.observations.shape[1], discrete, images, args.bin_width)
 
     reference_unique = len(unique_pairs(cells(union)))
     returns = {level: d.episode_returns() for level, d in datasets.items()}
