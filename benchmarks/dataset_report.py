@@ -13,7 +13,9 @@ Learning", CoLLAs 2022), per environment:
        Discrete actions (CartPole, MinAtar) are counted exactly, as in the paper: the action
        index is its own cell, only the states are binned; MinAtar's frames (uint8 images) are
        not binned either, so its pairs are exact, as the paper counts them on MinAtar.
-Writes a Markdown table, a JSON record and one return histogram (PNG) per environment.
+Also each dataset's build time (from generate_datasets.py's `generation_times.json`) and its
+size on disk. Writes a Markdown table, a JSON record and one return histogram (PNG) per
+environment.
 
     python benchmarks/dataset_report.py --envs hopper walker2d halfcheetah
 """
@@ -31,6 +33,9 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.datasets import generated  # noqa: E402
 from common.datasets import load_dataset, normalized_score  # noqa: E402
+
+# seconds each dataset took to build, as generate_datasets.py records them
+TIMINGS = Path(__file__).resolve().parent / "results" / "generation_times.json"
 
 
 @dataclass
@@ -102,6 +107,7 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
     returns = {level: d.episode_returns() for level, d in datasets.items()}
     random_return = returns["random"].mean() if "random" in returns else np.nan
     expert_return = returns["expert"].mean() if "expert" in returns else np.nan
+    build_seconds = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
     rows = []
     for level, d in datasets.items():
         r = returns[level]
@@ -118,6 +124,8 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
             "SACo": len(unique_pairs(cells(pairs[level]))) / reference_unique,
             "ref_min_score": d.info.ref_min_score,
             "ref_max_score": d.info.ref_max_score,
+            "build_seconds": build_seconds.get(d.info.dataset_id),
+            "disk_mb": directory_megabytes(generated.dataset_directory(d.info.dataset_id)),
         })  # fmt: skip
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 2.8), sharey=False)
@@ -134,15 +142,26 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
     return rows
 
 
+def directory_megabytes(path: Path) -> float:
+    """Bytes on disk of a dataset (its HDF5 file and offlax's flat-array cache), in MB."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
 def markdown_table(rows: list[dict]) -> str:
     header = (
-        "| dataset | transitions | episodes | return mean ± std | min / max | normalised | TQ | SACo |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| dataset | transitions | episodes | return mean ± std | min / max | normalised | TQ "
+        "| SACo | build s | MB on disk |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
+
+    def optional(value, spec):  # rows reported before these columns existed have none
+        return "–" if value is None else format(value, spec)
+
     lines = [
         f"| `{r['dataset']}` | {r['transitions']:,} | {r['episodes']:,} | "
         f"{r['return_mean']:.1f} ± {r['return_std']:.1f} | {r['return_min']:.0f} / "
-        f"{r['return_max']:.0f} | {r['normalized_mean']:.1f} | {r['TQ']:.3f} | {r['SACo']:.3f} |"
+        f"{r['return_max']:.0f} | {r['normalized_mean']:.1f} | {r['TQ']:.3f} | {r['SACo']:.3f} | "
+        f"{optional(r.get('build_seconds'), '.0f')} | {optional(r.get('disk_mb'), '.0f')} |"
         for r in rows
     ]
     return header + "\n".join(lines) + "\n"
