@@ -361,3 +361,24 @@ def test_minatar_games_are_registered_with_a_time_limit(monkeypatch):
     monkeypatch.setitem(sys.modules, "minatar", None)  # as if not installed
     with pytest.raises(environments.EnvironmentUnavailable, match="pip install"):
         environments.register_minatar()
+
+
+def test_minatar_takes_reset_seeds_beyond_32_bits_and_keeps_small_ones():
+    """The dataset generator's reset seeds reach 2**48; MinAtar's RandomState takes < 2**32.
+    Large seeds are folded (deterministically), small ones act exactly as in MinAtar itself."""
+    from minatar.gym import BaseEnv
+
+    from common import environments
+
+    def rollout(env, seed):
+        env.reset(seed=seed)
+        return [env.step(step % 4)[:2] for step in range(60)]
+
+    env = environments.make("MinAtar/SpaceInvaders-v1")
+    large = 3 * 2**40 + 7
+    first = rollout(env, large)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1]
+               for a, b in zip(first, rollout(env, large)))
+    raw = BaseEnv(game="space_invaders", use_minimal_action_set=True)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1]
+               for a, b in zip(rollout(env, 11), rollout(raw, 11)))
