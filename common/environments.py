@@ -45,7 +45,7 @@ def register_minatar():
     for game, module in MINATAR_GAMES.items():
         env_id = f"{MINATAR_PREFIX}{game}-v1"
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=make_minatar_game,
+            gym.register(id=env_id, entry_point="common.environments:make_minatar_game",
                          kwargs={"game": module, "use_minimal_action_set": True},
                          max_episode_steps=MINATAR_MAX_EPISODE_STEPS)
 

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common.datasets import policies  # noqa: E402
+from common.datasets import generated, policies  # noqa: E402
 from common.datasets import load_dataset, normalized_score  # noqa: E402
 
 
@@ -83,6 +83,25 @@ def test_generated_datasets_load_through_minari(use_tiny_policies, minari_dir):
     assert ds.storage.metadata["ref_max_score"] == meta["ref_max_score"]
     first = next(ds.iterate_episodes())
     np.testing.assert_array_equal(first.observations[:-1], d.observations[: len(first.rewards)])
+
+
+def test_a_build_that_fails_while_writing_leaves_nothing(use_tiny_policies, minari_dir,
+                                                       monkeypatch):
+    """An error inside the Minari write (after Minari made the directory) removes the partial
+    dataset, so the next use builds it again instead of finding a broken one."""
+    dataset_id = "offlax/tinyip/random-100-v1"
+    real_write = generated.write_minari
+
+    def write_then_fail(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr(generated, "write_minari", write_then_fail)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        load_dataset(dataset_id)
+    assert not generated.dataset_directory(dataset_id).exists()
+    monkeypatch.setattr(generated, "write_minari", real_write)
+    assert load_dataset(dataset_id).size == 100
 
 
 def test_medium_expert_is_medium_then_expert(use_tiny_policies, minari_dir):

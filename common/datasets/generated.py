@@ -410,6 +410,9 @@ def build_dataset(spec: OfflaxSpec, progress: bool = True) -> str:
                 f"Building {dataset_id} was stopped before it finished: nothing of it is kept, "
                 "and no run was started. It is built from the start on its next use."
             ) from None
+        except BaseException:  # a failed build leaves nothing that reads as a broken dataset
+            _remove_partial(dataset_id)
+            raise
     return dataset_id
 
 
@@ -434,7 +437,8 @@ def dataset_directory(dataset_id: str) -> Path:
 
 
 def _remove_partial(dataset_id: str):
-    """A build stopped while Minari wrote it would otherwise look like a finished dataset."""
+    """A build stopped or failed while Minari wrote it would otherwise look like a finished (or
+    a broken) dataset."""
     import shutil
 
     shutil.rmtree(dataset_directory(dataset_id), ignore_errors=True)
