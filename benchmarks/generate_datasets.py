@@ -46,10 +46,12 @@ class Args:
     making this build the reference (do it on a machine with the pinned library versions)."""
 
 
-def build(spec: generated.OfflaxSpec) -> tuple[str, float, dict]:
+def build(spec: generated.OfflaxSpec) -> tuple[str, float | None, dict]:
+    """(id, seconds to build it, or None where it existed already, fingerprint entry)."""
+    existed = minari_local_exists(spec.dataset_id)
     start = time.time()
     generated.build_dataset(spec, progress=False)
-    seconds = time.time() - start
+    seconds = None if existed else time.time() - start
     dataset = load_dataset(spec.dataset_id)
     entry = {"fingerprint": dataset.info.fingerprint, "transitions": dataset.size,
              "episodes": len(dataset.episode_returns())}  # fmt: skip
@@ -92,10 +94,11 @@ def main(args: Args):
     with mp.get_context("spawn").Pool(args.workers) as pool:  # fork is unsafe once JAX runs
         for batch in (first, last):
             for dataset_id, seconds, entry in pool.imap_unordered(build, batch):
-                timings[dataset_id] = round(seconds, 1)
+                if seconds is not None:  # an existing dataset keeps the time of its build
+                    timings[dataset_id] = round(seconds, 1)
                 fingerprints[dataset_id] = entry
-                print(f"{dataset_id}: {seconds:.0f} s, fingerprint {entry['fingerprint']}",
-                      flush=True)
+                took = "existed" if seconds is None else f"{seconds:.0f} s"
+                print(f"{dataset_id}: {took}, fingerprint {entry['fingerprint']}", flush=True)
     total = time.time() - start
     print(f"all done in {total:.0f} s")
     if args.record_fingerprints:

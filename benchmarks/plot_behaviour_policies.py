@@ -22,7 +22,8 @@ from common.datasets import policies  # noqa: E402
 
 @dataclass
 class Args:
-    envs: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah", "invertedpendulum", "cartpole")
+    envs: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah", "invertedpendulum", "cartpole",
+                             "minatar-spaceinvaders")
     """Policy files to plot (common/policies/<env>.npz)."""
     output_dir: str = "benchmarks/results"
     """Where behaviour_learning_curves.png and behaviour_policies.md go."""

@@ -32,11 +32,13 @@ SCORES_DIR = ROOT / "benchmarks" / "results" / "scores"
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "bcq", "por")
 DATASETS = ("offlax/hopper/medium-replay-v1", "offlax/walker2d/medium-v1",
             "offlax/halfcheetah/medium-expert-v1")
-# The discrete files run on every level of the discrete tasks.
+# The discrete files run on every level of the discrete tasks: CartPole's states and MinAtar
+# SpaceInvaders' images.
 DISCRETE_ALGORITHMS = ("bc_discrete", "bcq_discrete", "cql_discrete")
-DISCRETE_DATASETS = tuple(f"offlax/cartpole/{level}-v1" for level in
-                          ("random", "medium", "medium-replay", "expert", "medium-expert",
-                           "imperfect"))
+DISCRETE_DATASETS = tuple(f"offlax/{task}/{level}-v1" for task in ("cartpole",
+                                                                    "minatar-spaceinvaders")
+                          for level in ("random", "medium", "medium-replay", "expert",
+                                        "medium-expert", "imperfect"))
 
 
 def datasets_of(algorithm: str) -> tuple[str, ...]:
@@ -84,8 +86,9 @@ def main():
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="default: each algorithm's kind of datasets (continuous: the three "
-                             "MuJoCo ones; discrete: every CartPole level); given, those of them "
-                             "that match each algorithm's kind")
+                             "MuJoCo ones; discrete: every level of CartPole and MinAtar "
+                             "SpaceInvaders); given, those of them that match each algorithm's "
+                             "kind")
     parser.add_argument("--total-updates", type=int, default=100_000)
     parser.add_argument("--num-seeds", type=int, default=3)
     parser.add_argument("--split-seeds", action="store_true",

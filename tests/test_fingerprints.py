@@ -51,7 +51,7 @@ def test_portable_normal_samples_are_standard_normal():
     np.testing.assert_array_equal(z, again)
 
 
-# Hashes of the hopper policies' actions on fixed observations, in a fresh process.
+# Hashes of the hopper and MinAtar policies' actions on fixed observations, in a fresh process.
 ACTION_HASH = """
 import hashlib, numpy as np, gymnasium as gym
 from common.datasets import policies
@@ -64,6 +64,12 @@ for name in ("medium", "expert", "random"):
     policy = policies.make_policy(behaviour, name, space)
     for deterministic in (False, True):
         digest.update(policy(obs, rng, deterministic).tobytes())
+# MinAtar's DQN: the convolution on 10x10x6 frames, then its Q-values and epsilon-greedy actions
+minatar = policies.load_policies("minatar-spaceinvaders")
+frames = (rng.random((256, 10, 10, 6)) < 0.15).astype(np.float32)
+policy = policies.make_policy(minatar, "expert", gym.spaces.Discrete(4), epsilon=0.2)
+digest.update(policy.q_values(frames).tobytes())
+digest.update(policy(frames, rng).tobytes())
 print(digest.hexdigest())
 """
 
@@ -106,7 +112,9 @@ def test_policy_actions_are_bit_identical_whatever_the_cpu_features():
 # Fingerprints of generated datasets
 
 
-REFERENCE_TEST_IDS = ("offlax/invertedpendulum/medium-replay-v1", "offlax/hopper/medium-5000-v1")
+# MuJoCo's and MinAtar's (images, integer actions, epsilon-greedy DQN in portable math)
+REFERENCE_TEST_IDS = ("offlax/invertedpendulum/medium-replay-v1", "offlax/hopper/medium-5000-v1",
+                      "offlax/minatar-spaceinvaders/imperfect-1000-v1")
 
 
 @pytest.mark.parametrize("dataset_id", REFERENCE_TEST_IDS)

@@ -170,7 +170,15 @@ def test_generate_datasets_script_builds_a_suite(minari_dir, tmp_path):
     expert = load_dataset("offlax/invertedpendulum/expert-400-v1")
     assert both.size == 400
     np.testing.assert_array_equal(both.observations[200:], expert.observations[:200])
-    assert "offlax/invertedpendulum/expert-400-v1" in json.loads(timings.read_text())
+    recorded = json.loads(timings.read_text())
+    assert recorded["offlax/invertedpendulum/expert-400-v1"] > 0
+    # run again: the datasets exist, so their recorded build times stay
+    generate_datasets.main(generate_datasets.Args(
+        envs=("invertedpendulum",), levels=("expert",), size=400, workers=1,
+        timings=str(timings)))
+    again = json.loads(timings.read_text())
+    assert again["offlax/invertedpendulum/expert-400-v1"] == recorded[
+        "offlax/invertedpendulum/expert-400-v1"]
 
 
 def test_two_processes_asking_for_a_new_dataset_at_once_both_get_it(minari_dir):
