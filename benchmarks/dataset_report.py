@@ -97,7 +97,7 @@ def report_env(env: str, args: Args, out: Path) -> list[dict]:
     pair_dtype = np.uint8 if images else None
     pairs = {
         level: np.concatenate([d.observations, d.actions.reshape(d.size, -1)], axis=1,
-                              dtype=pair_dtype)
+                              dtype=pair_dtype, casting="unsafe")  # action indices < 256
         for level, d in datasets.items()
     }
     union = np.concatenate([pairs[level] for level in levels if level != "medium-expert"])

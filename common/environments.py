@@ -6,7 +6,7 @@ Experiments", 2019; the `minatar` package) are registered here on first use as
 `MinAtar/<Game>-v1`, the minimal-action-set ids of `minatar.gym`, with one change: a time limit
 of MINATAR_MAX_EPISODE_STEPS steps. MinAtar's games have none, and a good Breakout agent can
 play forever (the bricks come back), which would stall evaluation; no policy offlax trains comes
-near the limit (the episode lengths are in benchmarks/results/behaviour_policies.md). And reset
+near the limit (the longest episode of the SpaceInvaders datasets has 1,786 steps). And reset
 seeds of 2**32 and above, which MinAtar's numpy RandomState refuses (the dataset generator's
 reach 2**48), are folded into 32 bits.
 """
