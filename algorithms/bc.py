@@ -44,6 +44,10 @@ from common.transitions import ACTION_CLIP, sample_batch, transitions_on_device
 class Args:
     env: str = DEFAULT_DATASET
     """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets/)"""
+    env_id: Annotated[str | None, tyro.conf.arg(
+        metavar="ID", help_behavior_hint="(default: the dataset's own)")] = None
+    """Gymnasium environment to evaluate in; a dataset names its own, and a D4RL file gets the one
+    common/datasets/d4rl_names.py maps its name to (door-*.hdf5: D4RL/AdroitHandDoor-v1)"""
     seed: int = 0
     """seed of the first agent; agent k of --num-seeds N uses seed + k"""
     num_seeds: int = 1
@@ -200,7 +204,7 @@ def main(args: Args) -> dict:
     if not 0.0 < args.top_fraction <= 1.0:
         raise ConfigError(f"--top-fraction must be in (0, 1], got {args.top_fraction}.")
     output_dir, checkpoint = prepare_output_dir("bc", args)
-    dataset = load_dataset(args.env)
+    dataset = load_dataset(args.env, args.env_id)
     action_scaling = env_action_scaling(dataset)
     if args.top_fraction < 1.0:
         kept = top_trajectories(dataset, args.top_fraction)

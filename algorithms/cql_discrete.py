@@ -62,6 +62,10 @@ class Args:
     env: str = DEFAULT_DISCRETE_DATASET
     """dataset with discrete actions: an offlax id (offlax/cartpole/medium-replay-v1), Minari id
     or D4RL-layout HDF5 path (see common/datasets/)"""
+    env_id: Annotated[str | None, tyro.conf.arg(
+        metavar="ID", help_behavior_hint="(default: the dataset's own)")] = None
+    """Gymnasium environment to evaluate in; a dataset names its own, and a D4RL file gets the one
+    common/datasets/d4rl_names.py maps its name to (door-*.hdf5: D4RL/AdroitHandDoor-v1)"""
     seed: int = 0
     """seed of the first agent; agent k of --num-seeds N uses seed + k"""
     num_seeds: int = 1
@@ -283,7 +287,7 @@ def main(args: Args) -> dict:
     check_args(args, positive=("target_update_interval", "conv_channels"),
                nonnegative=("cql_alpha",), unit=("eval_epsilon",))
     output_dir, checkpoint = prepare_output_dir("cql_discrete", args)
-    dataset = load_dataset(args.env)
+    dataset = load_dataset(args.env, args.env_id)
     num_actions, image_shape = env_discrete_spaces(dataset)
     check_batch_size(args, dataset.size)
     obs_dim = dataset.observations.shape[1]

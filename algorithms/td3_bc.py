@@ -47,6 +47,10 @@ from common.transitions import sample_batch, transitions_on_device
 class Args:
     env: str = DEFAULT_DATASET
     """dataset: D4RL name, Minari id, D4RL HDF5 path or offlax id (see common/datasets/)"""
+    env_id: Annotated[str | None, tyro.conf.arg(
+        metavar="ID", help_behavior_hint="(default: the dataset's own)")] = None
+    """Gymnasium environment to evaluate in; a dataset names its own, and a D4RL file gets the one
+    common/datasets/d4rl_names.py maps its name to (door-*.hdf5: D4RL/AdroitHandDoor-v1)"""
     seed: int = 0
     """seed of the first agent; agent k of --num-seeds N uses seed + k"""
     num_seeds: int = 1
@@ -241,7 +245,7 @@ def main(args: Args) -> dict:
     check_args(args, update_multiple=max(args.policy_freq, 1), positive=("alpha", "policy_freq"),
                nonnegative=("policy_noise", "noise_clip"))
     output_dir, checkpoint = prepare_output_dir("td3_bc", args)
-    dataset = load_dataset(args.env)
+    dataset = load_dataset(args.env, args.env_id)
     action_scaling = env_action_scaling(dataset)
     check_batch_size(args, dataset.size)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]

@@ -35,8 +35,9 @@ ALGORITHMS = {"bc": bc, "td3_bc": td3_bc, "iql": iql, "cql": cql, "bcq": bcq, "p
 # The discrete-action files, tested end to end in test_discrete.py; here their CLI.
 EVERY_FILE = {**ALGORITHMS, "bc_discrete": bc_discrete, "bcq_discrete": bcq_discrete,
               "cql_discrete": cql_discrete}
-SHARED_FLAGS = ("env", "seed", "num_seeds", "total_updates", "eval_interval", "eval_episodes",
-                "batch_size", "hidden_dims", "output_dir", "resume", "keep_checkpoints")
+SHARED_FLAGS = ("env", "env_id", "seed", "num_seeds", "total_updates", "eval_interval",
+                "eval_episodes", "batch_size", "hidden_dims", "output_dir", "resume",
+                "keep_checkpoints")
 EXPERT = "offlax/invertedpendulum/expert-5000-v1"  # 5 episodes of return 1000
 MEDIUM_REPLAY = "offlax/invertedpendulum/medium-replay-v1"  # SAC's buffer up to its medium policy
 

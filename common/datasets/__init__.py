@@ -41,7 +41,7 @@ from common.datasets.core import (
     fingerprint,
     normalized_score,
 )
-from common.datasets.d4rl_hdf5 import load_d4rl_hdf5, source_dataset
+from common.datasets.d4rl_hdf5 import load_d4rl_hdf5, source_dataset, unmapped_reason
 from common.datasets.d4rl_names import D4RL_NAMES
 from common.datasets.minari_store import (
     OFFLAX_NAMESPACE,
@@ -54,7 +54,7 @@ __all__ = [
     "DEFAULT_DATASET", "DEFAULT_DISCRETE_DATASET", "Dataset", "DatasetError",
     "DatasetFormatError", "DatasetInfo", "DatasetUnavailableError", "DatasetWarning", "UnknownDatasetError", "check_dataset",
     "check_reference_scores", "fingerprint", "known_names", "load_d4rl_hdf5", "load_dataset",
-    "minari_local_exists", "normalized_score", "source_dataset",
+    "minari_local_exists", "normalized_score", "source_dataset", "unmapped_reason",
 ]  # fmt: skip
 
 # The embedded default: built from the committed behaviour policies on first use (about a
@@ -64,13 +64,15 @@ DEFAULT_DATASET = "offlax/hopper/medium-replay-v1"
 DEFAULT_DISCRETE_DATASET = "offlax/cartpole/medium-replay-v1"
 
 
-def load_dataset(name: str) -> Dataset:
+def load_dataset(name: str, env_id: str | None = None) -> Dataset:
     """Load `name` (D4RL name, Minari id, HDF5 path or offlax id) as flat transitions, checked
     to be non-empty, consistently shaped and finite (`check_dataset`), with its fingerprint in
-    `info.fingerprint`. A generated dataset whose fingerprint differs from the committed
+    `info.fingerprint`. `env_id` (an algorithm's --env-id) replaces the environment the dataset
+    names for evaluation. A generated dataset whose fingerprint differs from the committed
     reference warns once."""
     dataset = check_dataset(_load(name))
-    info = dataclasses.replace(dataset.info, fingerprint=fingerprint(dataset))
+    info = dataclasses.replace(dataset.info, fingerprint=fingerprint(dataset),
+                               env_id=env_id or dataset.info.env_id)
     dataset = dataclasses.replace(dataset, info=info)
     if info.source == OFFLAX_NAMESPACE:
         from common.datasets import generated

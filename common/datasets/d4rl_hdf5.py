@@ -13,15 +13,22 @@ from common.datasets.core import (
     DatasetInfo,
     DatasetUnavailableError,
 )
-from common.datasets.d4rl_names import D4RL_NAMES, D4RL_REFERENCE_SCORES
+from common.datasets.d4rl_names import (
+    D4RL_ENVIRONMENTS,
+    D4RL_NAMES,
+    D4RL_REFERENCE_SCORES,
+    D4RL_UNMAPPED,
+)
 
 _D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 
 
 def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Dataset:
-    """Read a file in D4RL's own HDF5 layout. The file's attributes `env_id`, `ref_min_score`
-    and `ref_max_score` name its environment and reference scores where they are set
-    (algorithms/reward_model.py writes them); otherwise D4RL's constants for its file name.
+    """Read a file in D4RL's own HDF5 layout. Its environment is `env_id` where given, else the
+    file's attribute `env_id` (algorithms/reward_model.py writes it), else the environment D4RL's
+    family of that file name is evaluated in (`D4RL_ENVIRONMENTS`: `door-human-v0.hdf5` ->
+    D4RL/AdroitHandDoor-v1); its reference scores are the attributes `ref_min_score` and
+    `ref_max_score` where set, else D4RL's constants for its family.
 
     D4RL marks an episode end with `terminals` (the MDP ended) or `timeouts` (a time limit);
     files made before `timeouts` existed have only `terminals`. Where `next_observations` is
@@ -89,7 +96,8 @@ def load_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Datase
         ref_source = f"D4RL constants ({family})" if family else "none"
     info = DatasetInfo(
         name=str(path), source="d4rl-hdf5", dataset_id=str(path),
-        env_id=env_id or _text(attrs.get("env_id")) or None, ref_min_score=ref_min,
+        env_id=env_id or _text(attrs.get("env_id")) or D4RL_ENVIRONMENTS.get(family),
+        ref_min_score=ref_min,
         ref_max_score=ref_max, ref_score_source=ref_source,
         metadata={k: _text(v) for k, v in attrs.items()},
     )  # fmt: skip
@@ -114,6 +122,12 @@ def source_dataset(path: str | os.PathLike) -> str | None:
     except OSError:
         return None  # load_dataset says what is wrong with the file
     return _text(value) if value is not None else None
+
+
+def unmapped_reason(path: str | os.PathLike) -> str | None:
+    """Why a D4RL file of this name has no environment to evaluate in (`D4RL_UNMAPPED`), if it
+    is of such a family."""
+    return D4RL_UNMAPPED.get(_family_from_filename(Path(path).name))
 
 
 def _text(value):

@@ -8,6 +8,12 @@ offlax generates a D4RL-style equivalent locally (`offlax/<env>/<level>-v1`, see
 Reference scores are D4RL's published constants (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE):
 the return of a uniformly random policy and of D4RL's expert policy. They are the fallback for a
 Minari dataset whose metadata lacks `ref_min_score` / `ref_max_score` (the `mujoco/*-v0` sets do).
+
+`D4RL_ENVIRONMENTS` names the Gymnasium environment a D4RL *file* is evaluated in (a Minari
+dataset names its own): MuJoCo's v5 locomotion tasks (D4RL used gym's v2/v3, the same
+observations and actions on mujoco-py; v5's dynamics differ slightly) and Gymnasium-Robotics'
+Adroit tasks with D4RL's reward and episode length (`D4RL/AdroitHand<Task>-v1`, see
+common/environments.py). Families without one are in `D4RL_UNMAPPED`, with the reason.
 """
 
 from __future__ import annotations
@@ -32,6 +38,36 @@ D4RL_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "door": (-56.512833, 2880.5693087298737),
     "relocate": (-6.425911, 4233.877797728884),
     "kitchen": (0.0, 4.0),
+}
+
+# The environment to evaluate a D4RL file's policies in, per family.
+D4RL_ENVIRONMENTS: dict[str, str] = {
+    "hopper": "Hopper-v5",
+    "halfcheetah": "HalfCheetah-v5",
+    "walker2d": "Walker2d-v5",
+    "door": "D4RL/AdroitHandDoor-v1",
+    "hammer": "D4RL/AdroitHandHammer-v1",
+    "pen": "D4RL/AdroitHandPen-v1",
+    "relocate": "D4RL/AdroitHandRelocate-v1",
+}
+_MAZE = ("{family} files are in D4RL's own maze frame (the start cell at the origin, D4RL's goal "
+         "and maze layout); Gymnasium-Robotics' {env} centres the maze and observes a dict with "
+         "the goal, so D4RL's {family} policies cannot be scored there as they were. Train on "
+         "Minari's re-recording instead ({example}), which names its environment, or give the "
+         "environment with --env-id.")
+D4RL_UNMAPPED: dict[str, str] = {
+    "ant": ("D4RL's ant files observe 111 numbers (gym Ant-v2/v3 with the contact forces of every "
+            "body, which mujoco-py 2 left at zero); Gymnasium's Ant-v5 observes 105 (27 without "
+            "contact forces). Train on Minari's re-recorded ant datasets (mujoco/ant/medium-v0), "
+            "which name their environment."),
+    "antmaze": _MAZE.format(family="AntMaze", env="AntMaze_*", example="antmaze-umaze-v2 loads "
+                            "D4RL/antmaze/umaze-v1"),
+    "kitchen": ("D4RL's kitchen files observe a 60-d vector; Gymnasium-Robotics' FrankaKitchen-v1 "
+                "observes a dict of 59-d robot state and per-task goals. Train on Minari's "
+                "re-recording (kitchen-complete-v0 loads D4RL/kitchen/complete-v2)."),
+    **{family: _MAZE.format(family=family, env="PointMaze_*", example=f"{family}-v1 loads "
+                            f"D4RL/pointmaze/{family.split('-', 1)[1]}-v2")
+       for family in D4RL_REFERENCE_SCORES if family.startswith("maze2d")},
 }
 
 

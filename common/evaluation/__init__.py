@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.datasets import Dataset, DatasetError
+from common.datasets import Dataset, DatasetError, unmapped_reason
 from common.environments import EnvironmentUnavailable
 from common.environments import make as make_environment
 from common.normalization import ActionScaling
@@ -72,10 +72,13 @@ def make_env(dataset: Dataset) -> gym.Env:
     """The dataset's evaluation environment, from its metadata; checks that the shapes agree."""
     env_id = dataset.info.env_id
     if not env_id:
+        reason = (unmapped_reason(dataset.info.dataset_id) if dataset.info.source == "d4rl-hdf5"
+                  else None)
         raise DatasetError(
-            f"Dataset '{dataset.info.name}' does not name an environment (no `env_spec` in its "
-            "metadata), so its policies cannot be evaluated. Use a dataset made with an "
-            "environment, or load a D4RL HDF5 file with `load_d4rl_hdf5(path, env_id=...)`."
+            f"Dataset '{dataset.info.name}' does not name an environment to evaluate its policies "
+            "in" + (f": {reason}" if reason else " (no `env_spec` in its metadata, no `env_id` "
+                    "attribute, and not a D4RL file name offlax maps to one). Give it with "
+                    "--env-id (a Gymnasium id, e.g. Hopper-v5 or D4RL/AdroitHandDoor-v1).")
         )
     try:
         env = make_environment(env_id)
@@ -88,6 +91,13 @@ def make_env(dataset: Dataset) -> gym.Env:
             "(e.g. gymnasium-robotics for AntMaze and Adroit)."
         ) from None
     obs_shape = env.observation_space.shape
+    if obs_shape is None:  # a Dict (goal-conditioned) or Tuple space: datasets hold vectors
+        env.close()
+        raise DatasetError(
+            f"Dataset '{dataset.info.name}' is evaluated in '{env_id}', whose observations are a "
+            f"{type(env.observation_space).__name__} space, not an array: offlax's policies act "
+            "on the flat vectors the datasets hold. Give an environment with array observations "
+            "with --env-id.")
     expected = gym.spaces.Discrete if dataset.discrete else gym.spaces.Box
     if not isinstance(env.action_space, expected):
         env.close()
@@ -103,7 +113,8 @@ def make_env(dataset: Dataset) -> gym.Env:
             f"Dataset '{dataset.info.name}' has observations {dataset.observations.shape[1:]} and "
             f"actions {dataset.actions.shape[1:]}, but its environment '{env_id}' has observations "
             f"{obs_shape} and actions {action_shape}. The dataset was not made in this "
-            "environment (or with a different version of it): check the dataset's `env_spec`."
+            "environment (or with a different version of it): check the dataset's `env_spec`, "
+            "or give the right environment with --env-id."
         )
     return env
 
