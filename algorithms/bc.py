@@ -217,7 +217,7 @@ def main(args: Args) -> dict:
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
-    data = transitions_on_device(dataset, stats, action_scaling)
+    data = transitions_on_device(dataset, stats, action_scaling, num_seeds=args.num_seeds)
     if args.policy == "gaussian":  # log pi(a|s) at the box's edge, as IQL: clip to 1 - 1e-5
         data["actions"] = jnp.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
 

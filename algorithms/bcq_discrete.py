@@ -325,7 +325,7 @@ def main(args: Args) -> dict:
     num_actions, image_shape = env_discrete_spaces(dataset)
     check_batch_size(args, dataset.size)
     obs_dim = dataset.observations.shape[1]
-    data = discrete_transitions_on_device(dataset)
+    data = discrete_transitions_on_device(dataset, num_seeds=args.num_seeds)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, num_actions=num_actions,

@@ -418,7 +418,8 @@ def main(args: Args) -> dict:
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
     rewards = dataset.rewards * args.reward_scale + args.reward_bias
-    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
+    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards,
+                                 num_seeds=args.num_seeds)
     data["actions"] = jnp.clip(data["actions"], -args.clip_dataset_actions,
                                args.clip_dataset_actions)
 

@@ -401,7 +401,8 @@ def main(args: Args) -> dict:
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
     rewards = transform_rewards(dataset, args.reward_transform)
-    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
+    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards,
+                                 num_seeds=args.num_seeds)
     data["returns_to_go"] = jnp.asarray(returns_to_go(dataset, rewards, args.discount))
     if args.clip_dataset_actions:
         # log pi(a|s) of a Gaussian with tanh mean is finite at the box's edge; the authors

@@ -420,7 +420,8 @@ def main(args: Args) -> dict:
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
     rewards = transform_rewards(dataset, args.reward_transform)
-    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards)
+    data = transitions_on_device(dataset, stats, action_scaling, rewards=rewards,
+                                 num_seeds=args.num_seeds)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)

@@ -251,7 +251,7 @@ def main(args: Args) -> dict:
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     stats = (observation_statistics(dataset) if args.normalize_observations
              else ObservationStatistics.identity(obs_dim))
-    data = transitions_on_device(dataset, stats, action_scaling)
+    data = transitions_on_device(dataset, stats, action_scaling, num_seeds=args.num_seeds)
 
     seeds = args.seed + np.arange(args.num_seeds)
     init = partial(init_state, args=args, obs_dim=obs_dim, action_dim=action_dim)

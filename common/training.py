@@ -37,6 +37,7 @@ from common.errors import ConfigError, OfflaxError
 from common.files import RunWriteError
 from common.logger import RunLogger
 from common.run_directory import create_new_directory, hold, run_status
+from common.sharding import shard_seeds
 
 UPDATES_PER_CALL = 1000  # updates per host call at most: Ctrl-C and NaN are noticed this often
 
@@ -166,6 +167,8 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                 f"started with: its {', '.join(changed)} differ from the checkpoint's. Resume "
                 "with the same dataset, or start a new run.")
         states = restore_states(states, checkpoint["states"])
+    states = shard_seeds(states)  # over the local devices, where there are several
+    logger.results["devices"] = len(jax.tree.leaves(states)[0].sharding.device_set)
 
     def save():
         payload = {"algorithm": logger.results["algorithm"], "args": args_json(args),

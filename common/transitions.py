@@ -9,37 +9,40 @@ import numpy as np
 
 from common.datasets import Dataset, DatasetWarning
 from common.normalization import ActionScaling, ObservationStatistics
+from common.sharding import replicate
 
 ACTION_CLIP = 1.0 - 1e-5  # D4RL's convention for actions at or beyond the bounds (unit box)
 
 
 def transitions_on_device(dataset: Dataset, stats: ObservationStatistics,
-                          action_scaling: ActionScaling, rewards=None) -> dict:
-    """The training arrays as one dict on the default device: normalised observations,
-    unit-box actions, rewards (the dataset's unless given), terminals as float32 (1 - d masks).
+                          action_scaling: ActionScaling, rewards=None, num_seeds: int = 1) -> dict:
+    """The training arrays as one dict on the device (on each device `num_seeds` agents are
+    split over, common/sharding.py): normalised observations, unit-box actions, rewards (the
+    dataset's unless given), terminals as float32 (1 - d masks).
 
     Actions outside the environment's bounds are clipped to +-ACTION_CLIP in the unit box, as
     D4RL does, with a warning that says how many."""
-    return jax.device_put({
+    return replicate({
         "observations": stats.normalize(dataset.observations),
         "actions": unit_actions(dataset, action_scaling),
         "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
         "next_observations": stats.normalize(dataset.next_observations),
         "terminals": dataset.terminals.astype(np.float32),
-    })
+    }, num_seeds)
 
 
-def discrete_transitions_on_device(dataset: Dataset, rewards=None) -> dict:
-    """The training arrays of a discrete-action dataset on the default device: observations as
-    stored (float32 vectors, or uint8 images that the networks cast: a quarter of the memory),
-    actions as int32 indices, rewards (the dataset's unless given), terminals as float32."""
-    return jax.device_put({
+def discrete_transitions_on_device(dataset: Dataset, rewards=None, num_seeds: int = 1) -> dict:
+    """The training arrays of a discrete-action dataset on the device(s), as
+    `transitions_on_device`: observations as stored (float32 vectors, or uint8 images that the
+    networks cast: a quarter of the memory), actions as int32 indices, rewards (the dataset's
+    unless given), terminals as float32."""
+    return replicate({
         "observations": dataset.observations,
         "actions": dataset.actions.astype(np.int32),
         "rewards": (dataset.rewards if rewards is None else rewards).astype(np.float32),
         "next_observations": dataset.next_observations,
         "terminals": dataset.terminals.astype(np.float32),
-    })
+    }, num_seeds)
 
 
 def sample_batch(data: dict, key, batch_size: int) -> dict:
