@@ -46,5 +46,5 @@ def shard_seeds(states):
                       f"devices; the others stay idle. Use a multiple of {available} seeds to "
                       "use them all.", stacklevel=2)
     if mesh is None:
-        return states
+        return jax.device_put(states)  # a restored checkpoint's numpy arrays, on the device
     return jax.device_put(states, NamedSharding(mesh, PartitionSpec("seeds")))
