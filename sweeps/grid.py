@@ -13,8 +13,8 @@
     [flags.cql]                          # one algorithm's runs only
     cql-alpha = 10.0
 
-    [[variants]]                         # optional: each multiplies the grid
-    name = "tau-0.9"
+    [[variants]]                         # optional: more runs, as above with these flags
+    name = "tau-0.9"                     # (labelled iql+tau-0.9 beside iql)
     algorithms = ["iql"]                 # optional: the algorithms it applies to
     flags = { expectile = 0.9 }
 
@@ -146,10 +146,11 @@ def load_sweep(path: str | Path) -> Sweep:
         if algorithm not in algorithms:
             raise ConfigError(f"[flags.{algorithm}] in '{path}' names an algorithm the sweep does "
                               f"not run ({', '.join(algorithms)}).")
-    variants = config.get("variants", [{"name": None}])
+    variants = config.get("variants", [])
     names = [v.get("name") for v in variants]
-    if len(set(names)) != len(names) or (len(variants) > 1 and None in names):
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"Every [[variants]] entry in '{path}' needs a name of its own.")
+    variants = [{"name": None}, *variants]  # the runs as configured, then each variant's
 
     def datasets_path(dataset):
         return str(Path(dataset).resolve()) if dataset.endswith((".hdf5", ".h5")) else dataset

@@ -60,14 +60,12 @@ normalize-observations = false
 [flags.iql]
 expectile = 0.8
 [[variants]]
-name = "base"
-[[variants]]
 name = "wide"
 algorithms = ["iql"]
 flags = {{ hidden-dims = [512, 512] }}
 """)
     sweep = load_sweep(path)
-    # td3_bc: 1 variant, iql: 2; x 2 datasets x 2 runs of 2 seeds
+    # td3_bc and iql as configured, iql+wide; x 2 datasets x 2 runs of 2 seeds
     assert len(sweep.runs) == (1 + 2) * 2 * 2
     run = next(r for r in sweep.runs if r.label == "iql+wide" and r.seed == 2)
     assert run.num_seeds == 2
@@ -96,6 +94,8 @@ flags = {{ hidden-dims = [512, 512] }}
     ('algorithms = ["bc"]\ndatasets = ["x"]\n[flags.iql]\nexpectile = 0.7',
      "names an algorithm the sweep does not run"),
     ('algorithms = "bc"', "needs `algorithms`, a list"),
+    ('algorithms = ["bc"]\ndatasets = ["x"]\n[[variants]]\nflags = {batch-size = 8}',
+     "needs a name"),
     ('algorithms = [', "not valid TOML"),
 ])
 def test_bad_config_is_refused_with_the_reason(tmp_path, text, message):
