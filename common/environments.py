@@ -110,7 +110,7 @@ def register_d4rl_adroit():
 
 
 def make_d4rl_adroit(task: str, **kwargs) -> gym.Env:
-    env = gym.make(f"AdroitHand{task}-v1", max_episode_steps=None, **kwargs).unwrapped
+    env = gym.make(f"AdroitHand{task}-v1", **kwargs).unwrapped  # D4RL's time limit is this id's
     return env if task == "Pen" else D4RLHandToObjectReward(env, task)
 
 

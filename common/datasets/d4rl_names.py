@@ -56,15 +56,16 @@ _MAZE = ("{family} files are in D4RL's own maze frame (the start cell at the ori
          "Minari's re-recording instead ({example}), which names its environment, or give the "
          "environment with --env-id.")
 D4RL_UNMAPPED: dict[str, str] = {
-    "ant": ("D4RL's ant files observe 111 numbers (gym Ant-v2/v3 with the contact forces of every "
-            "body, which mujoco-py 2 left at zero); Gymnasium's Ant-v5 observes 105 (27 without "
-            "contact forces). Train on Minari's re-recorded ant datasets (mujoco/ant/medium-v0), "
-            "which name their environment."),
+    "ant": ("D4RL's ant files observe 111 numbers (gym's Ant-v2/v3, the contact forces of every "
+            "body included); Gymnasium's Ant-v5 observes 105 (27 without contact forces). Train "
+            "on Minari's re-recorded ant datasets (mujoco/ant/medium-v0), which name their "
+            "environment."),
     "antmaze": _MAZE.format(family="AntMaze", env="AntMaze_*", example="antmaze-umaze-v2 loads "
                             "D4RL/antmaze/umaze-v1"),
-    "kitchen": ("D4RL's kitchen files observe a 60-d vector; Gymnasium-Robotics' FrankaKitchen-v1 "
-                "observes a dict of 59-d robot state and per-task goals. Train on Minari's "
-                "re-recording (kitchen-complete-v0 loads D4RL/kitchen/complete-v2)."),
+    "kitchen": ("D4RL's kitchen files observe a flat 60-d vector; Gymnasium-Robotics' "
+                "FrankaKitchen-v1 observes a dict of robot state and per-task goals (and does not "
+                "start under MuJoCo 4.0 with Gymnasium-Robotics 1.4.2). Minari's re-recording "
+                "(kitchen-complete-v0 loads D4RL/kitchen/complete-v2) names its environment."),
     **{family: _MAZE.format(family=family, env="PointMaze_*", example=f"{family}-v1 loads "
                             f"D4RL/pointmaze/{family.split('-', 1)[1]}-v2")
        for family in D4RL_REFERENCE_SCORES if family.startswith("maze2d")},
