@@ -15,7 +15,8 @@ then the target. The policy is a Gaussian with tanh-squashed mean and state-inde
 its deterministic action is the mean.
 
 Authors' code: https://github.com/ikostrikov/implicit_q_learning (learner.py, critic.py, actor.py,
-train_offline.py, configs/). Per-dataset overrides (AntMaze) are in DATASET_OVERRIDES below.
+train_offline.py, configs/). Per-dataset overrides (AntMaze; Kitchen and Adroit, with policy
+dropout) are in DATASET_OVERRIDES below.
 Where the authors' code and other implementations (d3rlpy, CORL) differ, Args has a flag for the
 choice (--normalize-observations to --clip-dataset-actions); README "IQL: what matters" measures
 each. Every default is the authors' but one: states are normalised by the dataset's mean and std,
@@ -104,6 +105,10 @@ class Args:
     """beta, inverse temperature of the weights (paper App. B: 3 locomotion, 10 AntMaze)"""
     max_weight: float = 100.0
     """clip of the advantage weights exp(beta A) (authors' actor.py: 100)"""
+    policy_dropout: float = 0.0
+    """dropout rate after each hidden layer of the policy, in its updates only (authors'
+    configs/kitchen_config.py, which their README uses for Kitchen and Adroit: 0.1; none
+    elsewhere)"""
     reward_transform: Literal["return-range", "minus-one", "none"] = "none"
     """rewards as they are, times 1000 / (max return - min return) of the dataset's episodes
     (locomotion), or minus 1 (AntMaze); chosen per dataset as the authors' train_offline.py"""
@@ -135,7 +140,8 @@ class Args:
     D4RL's convention); d3rlpy and CORL use them as they are"""
 
 
-# Per-dataset values, from the authors' train_offline.py and configs/antmaze_config.py. They
+# Per-dataset values, from the authors' train_offline.py, configs/antmaze_config.py and
+# configs/kitchen_config.py. They
 # replace Args' defaults when the dataset name contains the key; flags given explicitly still win.
 DATASET_OVERRIDES = {
     "halfcheetah": dict(reward_transform="return-range"),
@@ -143,6 +149,9 @@ DATASET_OVERRIDES = {
     "walker2d": dict(reward_transform="return-range"),
     "antmaze": dict(expectile=0.9, temperature=10.0, reward_transform="minus-one",
                     eval_episodes=100),
+    # Kitchen and Adroit: configs/kitchen_config.py ("pen-" and "/pen/": not InvertedPendulum)
+    **{key: dict(temperature=0.5, policy_dropout=0.1)
+       for key in ("kitchen", "door", "hammer", "relocate", "pen-", "/pen/")},
 }
 
 
@@ -181,19 +190,23 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # authors' learner.py (log_std_min) and po
 
 class GaussianPolicy(nn.Module):
     """pi(a | s) = N(tanh(mu(s)), exp(log_std)^2): the authors' NormalTanhPolicy with
-    tanh_squash_distribution=False, state_dependent_std=False, log_std in [-5, 2]."""
+    tanh_squash_distribution=False, state_dependent_std=False, log_std in [-5, 2]; with
+    `dropout_rate`, dropout after each hidden layer when `training` (their common.py MLP)."""
 
     hidden_dims: tuple[int, ...]
     action_dim: int
     hidden_init: str = "orthogonal"
     output_init: str = "orthogonal"
     log_std_bound: str = "clip"
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, observations):
+    def __call__(self, observations, training: bool = False):
         x = observations
         for width in self.hidden_dims:
             x = nn.relu(dense(width, self.hidden_init, x.shape[-1])(x))
+            if self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not training)(x)
         mean = nn.tanh(dense(self.action_dim, self.output_init, x.shape[-1])(x))
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         if self.log_std_bound == "sigmoid":
@@ -240,7 +253,7 @@ class DoubleQ(nn.Module):
 
 def policy_network(args: Args, action_dim: int) -> GaussianPolicy:
     return GaussianPolicy(args.hidden_dims, action_dim, args.hidden_init, args.output_init,
-                          args.log_std_bound)
+                          args.log_std_bound, args.policy_dropout)
 
 
 def gaussian_log_prob(mean, log_std, actions):
@@ -304,12 +317,17 @@ def advantage_weights(q, v, temperature: float, max_weight: float):
     return jnp.minimum(jnp.exp(temperature * (q - v)), max_weight)
 
 
-def actor_loss(actor_params, state: IQLState, batch, args: Args):
-    """-mean_B min(exp(beta (Q'(s, a) - V(s))), 100) log pi(a | s), with the new V."""
+def actor_loss(actor_params, state: IQLState, batch, args: Args, dropout_key=None):
+    """-mean_B min(exp(beta (Q'(s, a) - V(s))), 100) log pi(a | s), with the new V; pi with
+    dropout drawn from `dropout_key` where --policy-dropout is set."""
     q = state.critic.apply_fn(state.critic_target, batch["observations"], batch["actions"]).min(0)
     v = state.value.apply_fn(state.value.params, batch["observations"])
     weights = advantage_weights(q, v, args.temperature, args.max_weight)
-    mean, log_std = state.actor.apply_fn(actor_params, batch["observations"])
+    if args.policy_dropout > 0:
+        mean, log_std = state.actor.apply_fn(actor_params, batch["observations"], training=True,
+                                             rngs={"dropout": dropout_key})
+    else:
+        mean, log_std = state.actor.apply_fn(actor_params, batch["observations"])
     log_prob = gaussian_log_prob(mean, log_std, batch["actions"])
     return -(weights * log_prob).mean(), (weights, log_prob, mean, log_std)
 
@@ -345,6 +363,9 @@ def diagnostics(batch, v, q, weights, log_prob, mean, log_std, max_weight: float
 def update(state: IQLState, data, args: Args):
     """One IQL update on one minibatch: V, pi, Q, target (the authors' order)."""
     key, batch_key = jax.random.split(state.key)
+    dropout_key = None
+    if args.policy_dropout > 0:  # only then: runs without dropout keep their random streams
+        key, dropout_key = jax.random.split(key)
     batch = sample_batch(data, batch_key, args.batch_size)
     if args.q_target_value == "previous":
         target = critic_target(state, batch, args.discount)
@@ -354,7 +375,7 @@ def update(state: IQLState, data, args: Args):
     state = state.replace(value=state.value.apply_gradients(grads=grads), key=key)
 
     (a_loss, (weights, log_prob, mean, log_std)), grads = jax.value_and_grad(
-        actor_loss, has_aux=True)(state.actor.params, state, batch, args)
+        actor_loss, has_aux=True)(state.actor.params, state, batch, args, dropout_key)
     state = state.replace(actor=state.actor.apply_gradients(grads=grads))
 
     if args.q_target_value == "updated":
@@ -392,7 +413,8 @@ def evaluation_policy(args: Args, action_dim: int, stats: ObservationStatistics)
 def main(args: Args) -> dict:
     """Train with `args` exactly as given. DATASET_OVERRIDES apply through `parse_args` (the
     CLI); from Python, start from `dataset_defaults(env)` to get them."""
-    check_args(args, positive=("temperature", "max_weight"), open_unit=("expectile",))
+    check_args(args, positive=("temperature", "max_weight"), open_unit=("expectile",),
+               unit=("policy_dropout",))
     output_dir, checkpoint = prepare_output_dir("iql", args)
     dataset = load_dataset(args.env, args.env_id)
     action_scaling = env_action_scaling(dataset)

@@ -111,6 +111,10 @@ def test_iql_dataset_overrides_are_defaults_that_flags_override():
     assert iql.parse_args(["--env", MEDIUM_REPLAY]).reward_transform == "none"
     antmaze = iql.parse_args(["--env", "antmaze-umaze-v2", "--temperature", "5"])
     assert (antmaze.expectile, antmaze.temperature, antmaze.reward_transform) == (0.9, 5.0, "minus-one")
+    door = iql.parse_args(["--env", "../shared/data/d4rl/door-human-v0.hdf5"])
+    assert (door.temperature, door.policy_dropout, door.expectile) == (0.5, 0.1, 0.7)
+    assert iql.parse_args(["--env", "D4RL/pen/human-v2"]).policy_dropout == 0.1
+    assert iql.parse_args(["--env", "offlax/invertedpendulum/expert-v1"]).policy_dropout == 0.0
 
 
 def test_a_relabelled_file_gets_the_overrides_of_the_dataset_it_was_made_from(tmp_path):

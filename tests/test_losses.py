@@ -5,6 +5,7 @@ The references re-run the networks in numpy from the parameter arrays (ReLU MLPs
 the whole loss: which network, which parameters (online or target), which action, which mask.
 """
 
+import dataclasses
 import sys
 
 import jax
@@ -232,6 +233,43 @@ def test_iql_actor_loss(iql_state, batch):
     close(got_log_std, log_std)
     close(log_prob, np_gaussian_log_prob(mean, log_std, batch["actions"]))
     close(loss, expected)
+
+
+def test_iql_policy_dropout_acts_in_updates_only(iql_state, batch):
+    """With --policy-dropout the loss uses the policy with dropout (drawn from the update's key),
+    while evaluation's forward pass has none and equals the numpy network."""
+    args, state = iql_state
+    args = dataclasses.replace(args, policy_dropout=0.5)
+    policy = iql.policy_network(args, ACTION_DIM)
+    params = state.actor.params  # the same parameters: dropout adds none
+    state = state.replace(actor=state.actor.replace(apply_fn=policy.apply))
+    eval_mean, _ = policy.apply(params, batch["observations"])
+    close(eval_mean, np.tanh(np_mlp(params["params"], batch["observations"])))
+    key = jax.random.key(3)
+    mean, log_std = policy.apply(params, batch["observations"], training=True,
+                                 rngs={"dropout": key})
+    assert not np.allclose(mean, eval_mean)
+    q = np_min_q(state.critic_target, batch["observations"], batch["actions"])
+    v = np_value(state.value.params, batch["observations"])
+    weights = np.minimum(np.exp(3.0 * (q - v)), 100.0)
+    expected = -np.mean(weights * np_gaussian_log_prob(np.asarray(mean), np.asarray(log_std),
+                                                       batch["actions"]))
+    loss, (_, _, got_mean, _) = iql.actor_loss(params, state, batch, args, key)
+    close(got_mean, mean)
+    close(loss, expected)
+    other, _ = iql.actor_loss(params, state, batch, args, jax.random.key(4))
+    assert not np.isclose(other, loss)
+    # about half of the hidden units are dropped in a training pass
+    _, captured = policy.apply(params, batch["observations"], training=True,
+                               rngs={"dropout": key}, capture_intermediates=True)
+    hidden = np.asarray(captured["intermediates"]["Dropout_0"]["__call__"][0])
+    active = np.asarray(jax.nn.relu(np_dense_first(params["params"], batch["observations"])) > 0)
+    assert 0.3 < (hidden[active] == 0).mean() < 0.7
+
+
+def np_dense_first(params, x):
+    return np.asarray(x) @ np.asarray(params["Dense_0"]["kernel"]) + np.asarray(
+        params["Dense_0"]["bias"])
 
 
 def test_iql_sigmoid_log_std_is_d3rlpys_bound():
