@@ -45,7 +45,11 @@ def main(argv=None) -> int:
     if args.command == "report":
         from sweeps.report import build_report
 
-        out = build_report(sweep)
+        try:
+            out = build_report(sweep)
+        except ImportError as error:  # rliable, the `stats` extra
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"report: {out / 'report.md'}")
         return 0
     if args.jobs < 1:
@@ -65,8 +69,22 @@ def main(argv=None) -> int:
                  + ", ".join(f"{o.run.output_dir} ({o.status})" for o in problems)
                  if problems else ""))
         return 0 if not problems else 1
-    outcomes = submit(sweep, cluster="slurm" if args.executor == "slurm" else "local",
-                      wait=args.wait)
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        print("error: --executor slurm and submitit-local need submitit: pip install "
+              "'offlax[cluster]'.", file=sys.stderr)
+        return 2
+    cluster = "slurm" if args.executor == "slurm" else "local"
+    if cluster == "slurm":
+        import shutil
+
+        if shutil.which("sbatch") is None:
+            print("error: --executor slurm submits with Slurm's sbatch, which is not on this "
+                  "machine's PATH: run the command on the cluster's login node, or use "
+                  "--executor local here.", file=sys.stderr)
+            return 2
+    outcomes = submit(sweep, cluster=cluster, wait=args.wait)
     if args.wait:
         problems = [o for o in outcomes if o.status != "finished"]
         print(f"{len(outcomes) - len(problems)} of {len(outcomes)} submitted runs finished")

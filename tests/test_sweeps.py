@@ -111,6 +111,15 @@ def test_bad_config_exits_2_before_running_anything(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_slurm_without_sbatch_says_where_to_run(tmp_path):
+    path = write_config(tmp_path, f'algorithms = ["bc"]\ndatasets = ["{DATASET}"]\n'
+                                  f'output_dir = "{tmp_path / "out"}"')
+    result = sweep_cli("run", path, "--executor", "slurm",
+                       env={**os.environ, "PATH": os.path.dirname(sys.executable)})
+    assert result.returncode == 2 and "sbatch" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # A tiny sweep: interrupted, run again (only what is missing), reported
 
