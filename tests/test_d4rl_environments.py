@@ -20,10 +20,11 @@ needs_door_human = pytest.mark.skipif(not DOOR_HUMAN.exists(),
 try:
     import gymnasium_robotics  # noqa: F401
 
-    needs_robotics = pytest.mark.skipif(False, reason="")
+    ROBOTICS = True
 except ImportError:
-    needs_robotics = pytest.mark.skip(reason="gymnasium-robotics is not installed "
-                                             "(pip install 'offlax[robotics]')")
+    ROBOTICS = False
+needs_robotics = pytest.mark.skipif(not ROBOTICS, reason="gymnasium-robotics is not installed "
+                                                         "(pip install 'offlax[robotics]')")
 
 # D4RL's observation and action sizes and episode lengths per family (the arrays of D4RL's
 # *-v2 locomotion and *-v1 Adroit files; max_episode_steps of d4rl's gym registrations).
@@ -141,3 +142,26 @@ def test_unmapped_d4rl_file_says_why(tmp_path):
     assert result.returncode == 2
     assert "does not name an environment" in result.stderr
     assert "D4RL/antmaze/umaze-v1" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("filename, family, env_id", [
+    ("hopper_medium-v2.hdf5", "hopper", "Hopper-v5"),  # D4RL's own cache names
+    ("walker2d_medium_replay-v2.hdf5", "walker2d", "Walker2d-v5"),
+    ("door-v0_demos_clipped.hdf5", "door", "D4RL/AdroitHandDoor-v1"),
+])
+def test_d4rl_cache_file_names_find_their_family(tmp_path, filename, family, env_id):
+    from common.datasets.d4rl_names import D4RL_REFERENCE_SCORES
+    from common.evaluation import make_env
+
+    obs_dim, action_dim, _ = D4RL_SHAPES[family]
+    path = tmp_path / filename
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.zeros((20, obs_dim), np.float32)
+        f["actions"] = np.zeros((20, action_dim), np.float32)
+        f["rewards"] = np.zeros(20, np.float32)
+        f["terminals"] = np.eye(20, dtype=bool)[19]
+    dataset = load_dataset(str(path))
+    assert dataset.info.env_id == env_id
+    assert (dataset.info.ref_min_score, dataset.info.ref_max_score) == D4RL_REFERENCE_SCORES[family]
+    if family in ("hopper", "walker2d") or ROBOTICS:
+        make_env(dataset).close()  # the shapes agree

@@ -138,7 +138,13 @@ def _text(value):
 
 
 def _family_from_filename(filename: str) -> str | None:
-    """`door-human-v0.hdf5` -> `door`: D4RL names its files after the dataset."""
+    """The D4RL family a file is of, from its name: `door-human-v0.hdf5` and D4RL's own cache
+    names (`hopper_medium-v2.hdf5`, `door-v0_demos_clipped.hdf5`) -> `door`, `hopper`, `door`;
+    the longest family the name starts with where it is no dataset name."""
     stem = filename.rsplit(".", 1)[0]
-    entry = D4RL_NAMES.get(stem)
-    return entry.family if entry else None
+    entry = D4RL_NAMES.get(stem) or D4RL_NAMES.get(stem.replace("_", "-"))
+    if entry:
+        return entry.family
+    name = stem.replace("_", "-")
+    families = [f for f in D4RL_REFERENCE_SCORES if name.startswith(f + "-")]
+    return max(families, key=len) if families else None
