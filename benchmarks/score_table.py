@@ -170,8 +170,12 @@ def group_table(runs: list[dict], default_algorithms, default_datasets, curves: 
                     f"{run['updates_per_second']:.0f} | {run['wall_seconds'] / 60:.1f} min | "
                     f"{run['device']} |")
 
-    figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
-    for ax, env in zip(axes[0], envs):
+    columns = min(len(envs), 6)  # the discrete tasks' six levels: a row per task
+    rows = -(-len(envs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(envs):]:
+        ax.set_visible(False)
+    for ax, env in zip(axes.flat, envs):
         for color, algorithm in enumerate(algorithms):  # one colour per algorithm in every panel
             run, previous = find_run(by_key, algorithm, env)
             lines_of_runs = (("-", algorithm, run), ("--", f"{algorithm} (v0)", previous))
@@ -188,8 +192,9 @@ def group_table(runs: list[dict], default_algorithms, default_datasets, curves: 
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("normalised score (mean ± std over seeds)")
-    for ax in axes[0]:
+    for row in axes:
+        row[0].set_ylabel("normalised score (mean ± std over seeds)")
+    for ax in axes.flat[:len(envs)]:
         ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(RESULTS / curves, dpi=120)
