@@ -4,7 +4,9 @@ started again at any time, here or on a cluster, and only what is missing runs.
 
 * `local`: up to `jobs` processes at a time on this machine (a thread pool of subprocesses);
   with `devices`, each process sees one of them (CUDA_VISIBLE_DEVICES), taken from a pool of free
-  ones. Ctrl-C reaches the running processes, which checkpoint and stop; no new one starts.
+  ones. Ctrl-C or SIGTERM (also for a sweep started in the background, where the shell makes it
+  ignore SIGINT) is passed on to the running processes as SIGINT: they checkpoint and stop, and
+  no new one starts.
 * `slurm`: one Slurm array job for the runs still to do, submitted through submitit with the
   config's [slurm] parameters; a job that Slurm preempts or times out is resumed by running the
   sweep again.
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,11 @@ from sweeps.grid import Run, Sweep
 # What a run's exit code means (common/cli.py).
 EXIT_MEANINGS = {0: "finished", 1: "failed (a file could not be written)", 2: "bad input",
                  3: "diverged", 130: "interrupted"}
+
+
+RUNNING: set[subprocess.Popen] = set()  # the runs' processes, for passing on an interrupt
+RUNNING_LOCK = threading.Lock()
+STOPPING = threading.Event()  # set on an interrupt: no new run starts
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ def plan(run: Run) -> str:
 def run_one(run: Run, device: str | None = None) -> Outcome:
     """Run `run` to its end (or skip it); its output goes to <output_dir>.log."""
     action = plan(run)
+    if STOPPING.is_set():
+        return Outcome(run, "not started", "interrupted")
     if action in ("skip", "leave"):
         return Outcome(run, {"skip": "skipped", "leave": "left"}[action],
                        run_status(Path(run.output_dir)) or "unknown")
@@ -65,9 +76,17 @@ def run_one(run: Run, device: str | None = None) -> Outcome:
     env = dict(os.environ, TQDM_DISABLE="1")  # progress bars would fill the log
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
-    with open(directory.parent / f"{directory.name}.log", "a") as log:
-        code = subprocess.run(run.command(resume=action == "resume"), stdout=log,
-                              stderr=subprocess.STDOUT, env=env).returncode
+    with open(directory.parent / f"{directory.name}.log", "a") as log, RUNNING_LOCK:
+        # A session of its own: a terminal's Ctrl-C reaches the sweep alone, which passes it on
+        # once (a second SIGINT would stop a run without its checkpoint).
+        process = subprocess.Popen(run.command(resume=action == "resume"), stdout=log,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        RUNNING.add(process)
+    try:
+        code = process.wait()
+    finally:
+        with RUNNING_LOCK:
+            RUNNING.discard(process)
     return Outcome(run, {"resume": "resumed", "start": "started"}[action],
                    EXIT_MEANINGS.get(code, f"exit {code}"))
 
@@ -93,13 +112,37 @@ def run_local(sweep: Sweep, jobs: int = 1, devices: list[str] | None = None,
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     futures = [pool.submit(one, run) for run in sweep.runs]
-    try:
-        return [future.result() for future in futures]
-    except KeyboardInterrupt:  # the runs got SIGINT too: they checkpoint and stop
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
+    with interrupts_passed_on():
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            STOPPING.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+
+class interrupts_passed_on:
+    """Within: SIGINT and SIGTERM raise KeyboardInterrupt here (whatever the shell set) after
+    passing SIGINT to every running run, which checkpoints and stops (common/training.py)."""
+
+    def __enter__(self):
+        self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self.previous:
+            signal.signal(sig, self.handler)
+
+    def handler(self, signum, frame):
+        STOPPING.set()
+        with RUNNING_LOCK:
+            for process in RUNNING:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def submit(sweep: Sweep, cluster: str = "slurm", wait: bool = False, report=print):

@@ -135,7 +135,9 @@ seeds = 2
     sweep = load_sweep(path)
     assert [plan(run) for run in sweep.runs] == ["start"] * 4
 
-    # 1. One run at a time on this machine; Ctrl-C once the second run has a checkpoint.
+    # 1. One run at a time on this machine; stopped once the second run has a checkpoint, by
+    # SIGTERM (what stops a sweep started in the background, whose SIGINT the shell ignores;
+    # Ctrl-C takes the same path): the sweep passes SIGINT on to the run, which checkpoints.
     process = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(path), "--jobs", "1"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -144,7 +146,7 @@ seeds = 2
     while not (second.is_dir() and any(second.iterdir())) and time.time() < deadline:
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGINT)
+    os.kill(process.pid, signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
