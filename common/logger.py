@@ -42,6 +42,7 @@ from common.checkpoints import latest_checkpoint
 from common.datasets import Dataset, check_reference_scores, normalized_score
 from common.files import RunWriteError, write_atomically
 from common.run_directory import release
+from common.sharding import writes
 
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "gymnasium", "mujoco", "minari")
 
@@ -74,7 +75,10 @@ class RunLogger:
                  checkpoint: dict | None = None):
         check_reference_scores(dataset.info)  # before training, not at the first evaluation
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        # with several processes (common/sharding.py) only process 0 writes, and shows the bar
+        self.writes = writes()
+        if self.writes:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         self.info = dataset.info
         self.seeds = [int(s) for s in seeds]
         self.start = time.perf_counter()
@@ -117,10 +121,11 @@ class RunLogger:
                 "update": self.updates,
                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": self.results["command"]}]
-        self.writer = EventWriter(self.output_dir, self.last_checkpoint,
-                                  purge_step=self.updates if resume is not None else None)
+        self.writer = (EventWriter(self.output_dir, self.last_checkpoint,
+                                   purge_step=self.updates if resume is not None else None)
+                       if self.writes else NoEventWriter())
         self.bar = tqdm(total=args.total_updates, initial=self.updates, unit="upd",
-                        dynamic_ncols=True,
+                        dynamic_ncols=True, disable=not self.writes,
                         mininterval=float(os.environ.get("TQDM_MININTERVAL", 1.0)))
 
     def state_dict(self) -> dict:
@@ -189,6 +194,8 @@ class RunLogger:
     def write_results(self):
         """results.json, rewritten atomically after every evaluation and at the end."""
         results = self.results
+        if not self.writes:
+            return
         if results["evaluations"]:
             final = results["evaluations"][-1]
             scores = np.asarray(final["normalized_score"])
@@ -218,6 +225,8 @@ class RunLogger:
 
     def save_policy(self, params, **extra):
         """policy.msgpack: {"params": parameters with a leading seed axis, **extra}."""
+        if not self.writes:
+            return
         tree = {"params": jax.device_get(params),
                 **{k: np.asarray(v) for k, v in extra.items()}}
         try:
@@ -235,6 +244,8 @@ class RunLogger:
         failing already (a file could not be written, and the caller raises that), what still
         fits is written and nothing is raised."""
         self.bar.close()
+        if not self.writes:
+            return
         failing_already = status == "failed"
         error = None
         try:
@@ -271,6 +282,19 @@ class RunLogger:
             f"  {self.wall_seconds() / 60:.1f} min, {results['updates_per_second'] or 0:.0f} "
             f"updates/s\n"
             f"  output: {self.output_dir}")
+
+
+class NoEventWriter:
+    """The EventWriter of a process that writes nothing (not process 0 of several)."""
+
+    def add_scalar(self, tag: str, value: float, step: int):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
 
 class EventWriter:

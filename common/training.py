@@ -37,7 +37,8 @@ from common.errors import ConfigError, OfflaxError
 from common.files import RunWriteError
 from common.logger import RunLogger
 from common.run_directory import create_new_directory, hold, run_status
-from common.sharding import shard_seeds
+from common.sharding import (any_process, join_hosts, shard_seeds, text_of_process_zero, to_host,
+                             writes)
 
 UPDATES_PER_CALL = 1000  # updates per host call at most: Ctrl-C and NaN are noticed this often
 
@@ -65,7 +66,28 @@ class RunAlreadyFinished(OfflaxError):
 def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
     """The run's output directory, held by this process (common/run_directory.py) and so known
     to be writable before anything slow happens, and with `--resume` its latest checkpoint,
-    checked to be this algorithm's with these arguments."""
+    checked to be this algorithm's with these arguments. With several processes
+    (common/sharding.py) process 0 holds and writes the directory; the others check the same
+    things, read the checkpoint, and learn a new directory's name from process 0."""
+    join_hosts(getattr(args, "num_seeds", None))  # first: before anything touches a device
+    if not writes():
+        if args.resume:
+            return Path(args.resume), resumable_checkpoint(algorithm, args, Path(args.resume))
+        if args.output_dir:
+            directory = Path(args.output_dir)
+            if (directory / "results.json").exists() or latest_checkpoint(directory):
+                raise ConfigError(f"'{directory}' already holds a run (results.json or "
+                                  "checkpoints). Continue it with --resume, or choose another "
+                                  "--output-dir.")
+            return directory, None
+        return Path(text_of_process_zero("")), None
+    directory, checkpoint = _prepare_output_dir(algorithm, args)
+    if not (args.resume or args.output_dir):
+        text_of_process_zero(str(directory))
+    return directory, checkpoint
+
+
+def _prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
     held = None
     try:
         if args.resume:
@@ -146,7 +168,8 @@ def chunk_size(updates: int, args, update_multiple: int = 1) -> int:
 
 def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, args,
           statistics: dict, checkpoint: dict | None = None, update_multiple: int = 1):
-    """Train `states` (all seeds) to args.total_updates and return them.
+    """Train `states` (all seeds) to args.total_updates and return them (with several
+    processes, as host values holding every seed).
 
     train_chunk(states, num_updates) -> (states, metrics), metrics arrays of shape (seeds, steps)
     evaluate(states) -> returns of shape (seeds, episodes)
@@ -167,12 +190,14 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                 f"started with: its {', '.join(changed)} differ from the checkpoint's. Resume "
                 "with the same dataset, or start a new run.")
         states = restore_states(states, checkpoint["states"])
-    states = shard_seeds(states)  # over the local devices, where there are several
+    states = shard_seeds(states)  # over the devices (and processes), where there are several
     logger.results["devices"] = len(jax.tree.leaves(states)[0].sharding.device_set)
+    if jax.process_count() > 1:
+        logger.results["processes"] = jax.process_count()
 
-    def save():
+    def save(host_states):
         payload = {"algorithm": logger.results["algorithm"], "args": args_json(args),
-                   "states": states, "statistics": statistics,
+                   "states": host_states, "statistics": statistics,
                    "logger": json.dumps(logger.state_dict())}
         return save_checkpoint(logger.output_dir, logger.updates, payload, args.keep_checkpoints)
 
@@ -185,8 +210,8 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                 start = time.perf_counter()
                 new_states, metrics = jax.block_until_ready(train_chunk(states, num_updates))
                 seconds = time.perf_counter() - start
-                metrics = jax.device_get(metrics)
-                problem = divergence(metrics, jax.device_get(find_non_finite(new_states)),
+                metrics = to_host(metrics)
+                problem = divergence(metrics, to_host(find_non_finite(new_states)),
                                      first_update, num_updates, logger.seeds)
                 if problem:
                     last = latest_checkpoint(logger.output_dir)
@@ -202,11 +227,16 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                 logger.log_training(num_updates, seconds, metrics)
                 evaluation_due = (logger.updates % args.eval_interval == 0
                                   or logger.updates == args.total_updates)
-                if evaluation_due:
-                    logger.log_evaluation(evaluate(states))
-                if evaluation_due or ctrl_c.requested:
-                    path = save()
-                if ctrl_c.requested and logger.updates < args.total_updates:
+                stop = any_process(ctrl_c.requested)  # with several processes, all stop together
+                if evaluation_due or stop:
+                    host_states = states if jax.process_count() == 1 else to_host(states)
+                    if writes():  # process 0 of several: the others neither evaluate nor write
+                        if evaluation_due:
+                            logger.log_evaluation(evaluate(host_states))
+                        path = save(host_states)
+                    else:
+                        path = "(written by process 0)"
+                if stop and logger.updates < args.total_updates:
                     message = (f"stopped at update {logger.updates} of {args.total_updates}. The "
                                f"checkpoint {path} and a partial results.json are saved; continue "
                                f"with: python {Path(sys.argv[0]).as_posix()} --resume "
@@ -217,7 +247,7 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
             logger.finish("failed", str(error))
             raise
     logger.results["checkpoints"] = [str(p) for p in list_checkpoints(logger.output_dir)]
-    return states
+    return states if jax.process_count() == 1 else to_host(states)
 
 
 def non_finite_leaves(states):
