@@ -47,11 +47,10 @@ def collect(sweep: Sweep) -> tuple[dict, list]:
 def d4rl_task(dataset: str) -> str | None:
     """`door-human-v0.hdf5` or `hopper-medium-v2` -> `door-human` / `hopper-medium`: the D4RL
     task a dataset is a version of; None for a dataset that is not a D4RL one."""
-    from common.datasets.d4rl_names import D4RL_NAMES
+    from common.datasets.d4rl_names import d4rl_name
 
-    name = dataset_slug(dataset) if dataset.endswith((".hdf5", ".h5")) else dataset
-    name = name.replace("_", "-") if name not in D4RL_NAMES else name
-    return re.sub(r"-v\d+$", "", name) if name in D4RL_NAMES else None
+    name = d4rl_name(dataset_slug(dataset) if dataset.endswith((".hdf5", ".h5")) else dataset)
+    return re.sub(r"-v\d+$", "", name) if name else None
 
 
 def published_scores() -> tuple[list[dict], dict]:

@@ -18,6 +18,7 @@ from common.datasets.d4rl_names import (
     D4RL_NAMES,
     D4RL_REFERENCE_SCORES,
     D4RL_UNMAPPED,
+    d4rl_name,
 )
 
 _D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -142,9 +143,8 @@ def _family_from_filename(filename: str) -> str | None:
     names (`hopper_medium-v2.hdf5`, `door-v0_demos_clipped.hdf5`) -> `door`, `hopper`, `door`;
     the longest family the name starts with where it is no dataset name."""
     stem = filename.rsplit(".", 1)[0]
-    entry = D4RL_NAMES.get(stem) or D4RL_NAMES.get(stem.replace("_", "-"))
-    if entry:
-        return entry.family
+    if known := d4rl_name(stem):
+        return D4RL_NAMES[known].family
     name = stem.replace("_", "-")
     families = [f for f in D4RL_REFERENCE_SCORES if name.startswith(f + "-")]
     return max(families, key=len) if families else None

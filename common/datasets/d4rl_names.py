@@ -115,6 +115,15 @@ def _build_table() -> dict[str, D4RLName]:
 D4RL_NAMES: dict[str, D4RLName] = _build_table()
 
 
+def d4rl_name(name: str) -> str | None:
+    """The D4RL dataset name that `name` (a D4RL name, or a file stem in D4RL's own cache
+    spelling, `hopper_medium-v2`) stands for; None where it is none."""
+    for candidate in (name, name.replace("_", "-")):
+        if candidate in D4RL_NAMES:
+            return candidate
+    return None
+
+
 def reference_family(dataset_id: str) -> str | None:
     """The D4RL reference-score family of a Minari id (`mujoco/hopper/medium-v0` -> `hopper`)."""
     for entry in D4RL_NAMES.values():
