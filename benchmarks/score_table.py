@@ -117,19 +117,19 @@ def main():
         "previous one after it.",
         "",
     ]
-    lines += group_table(continuous, ALGORITHMS, DATASETS, "scores_curves.png")
+    lines += group_table(continuous, ALGORITHMS, DATASETS, "scores_")
     if discrete:
         lines += ["", "## Discrete actions", "",
                   "The discrete files on every level of the discrete tasks (greedy evaluation, "
                   "as each file's `--eval-epsilon`).", ""]
-        lines += group_table(discrete, DISCRETE_ALGORITHMS, DISCRETE_DATASETS,
-                             "scores_discrete_curves.png")
+        lines += group_table(discrete, DISCRETE_ALGORITHMS, DISCRETE_DATASETS, "scores_discrete_")
     (RESULTS / "scores.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def group_table(runs: list[dict], default_algorithms, default_datasets, curves: str) -> list[str]:
-    """The score table and run table of one group of runs (Markdown lines), and its curves."""
+def group_table(runs: list[dict], default_algorithms, default_datasets, prefix: str) -> list[str]:
+    """The score table, the aggregate estimates and the run table of one group of runs (Markdown
+    lines); its curves and aggregate plots go to benchmarks/results/<prefix>*.png."""
     older = {previous_version(env) for env in default_datasets} - {None}
     envs = list(dict.fromkeys([*default_datasets,
                                *(r["env"] for r in runs if r["env"] not in older)]))
@@ -158,6 +158,7 @@ def group_table(runs: list[dict], default_algorithms, default_datasets, curves: 
             cells.append(cell)
         data = f"{data_scores[env]:.1f}" if env in data_scores else ""
         lines.append(f"| `{env}` | {data} | " + " | ".join(cells) + " |")
+    lines += aggregate_lines(by_key, algorithms, default_datasets, prefix)
     lines += ["", "| run | updates | seeds | updates/s | wall | device |",
               "|---|---:|---:|---:|---:|---|"]
     for env in [*envs, *sorted(older)]:
@@ -197,9 +198,35 @@ def group_table(runs: list[dict], default_algorithms, default_datasets, curves: 
     for ax in axes.flat[:len(envs)]:
         ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(RESULTS / curves, dpi=120)
+    figure.savefig(RESULTS / f"{prefix}curves.png", dpi=120)
     plt.close(figure)
     return lines
+
+
+def aggregate_lines(by_key: dict, algorithms, datasets, prefix: str) -> list[str]:
+    """Interval estimates over the group's datasets (sweeps/report.py, rliable): IQM and mean
+    with 95% stratified-bootstrap CIs, performance profiles, and P(X > first algorithm), for the
+    algorithms whose runs on every dataset (current version) have all SEEDS seeds."""
+    complete = {}
+    for algorithm in algorithms:
+        finals = [by_key.get((algorithm, env), {}).get("final") for env in datasets]
+        if all(f is not None and len(f["normalized_score"]) == SEEDS for f in finals):
+            complete[algorithm] = np.array([f["normalized_score"] for f in finals]).T
+    if not complete:
+        return []
+    lines = ["", f"Over the {len(datasets)} datasets x {SEEDS} seeds (interquartile mean and "
+             "mean of the final scores, 95% stratified-bootstrap confidence intervals, "
+             "[rliable](https://github.com/google-research/rliable)); "
+             + (f"not yet complete: {', '.join(a for a in algorithms if a not in complete)}."
+                if len(complete) < len(algorithms) else "every algorithm.")]
+    try:
+        from sweeps.report import aggregate_section
+    except ImportError as error:
+        return lines + ["", f"(not computed: {error})"]
+    baseline = algorithms[0]
+    pairs = [(a, baseline) for a in complete if a != baseline] if baseline in complete else []
+    section, _ = aggregate_section(complete, pairs, RESULTS, prefix=prefix)
+    return lines + section
 
 
 if __name__ == "__main__":

@@ -128,27 +128,10 @@ def build_report(sweep: Sweep, repetitions: int = statistics.REPETITIONS) -> Pat
         lines.append(f"Over {len(complete)} dataset(s) x {len(seeds)} seeds"
                      + (f" (left out, incomplete: {', '.join(left_out)})" if left_out else "")
                      + ".")
-        lines += ["", "| algorithm | IQM [95% CI] | mean [95% CI] |", "|---|---|---|"]
-        aggregate = statistics.aggregates(matrices, repetitions=repetitions)
-        estimates["aggregate"] = aggregate
-        for label in labels:
-            lines.append(f"| {label} | {interval(aggregate[label]['IQM'])} | "
-                         f"{interval(aggregate[label]['Mean'])} |")
         pairs = list(combinations(labels, 2))
-        if pairs:
-            improvement = statistics.probability_of_improvement(matrices, pairs,
-                                                                repetitions=repetitions)
-            estimates["improvement"] = {f"{x} > {y}": v for (x, y), v in improvement.items()}
-            lines += ["", "## Probability of improvement", "",
-                      "P(X > Y): the probability that a run of X on a dataset scores higher "
-                      "than a run of Y on it, averaged over datasets.", "",
-                      "| X | Y | P(X > Y) [95% CI] |", "|---|---|---|"]
-            lines += [f"| {x} | {y} | {p:.2f} [{low:.2f}, {high:.2f}] |"
-                      for (x, y), (p, low, high) in improvement.items()]
-        _plots(matrices, aggregate, estimates["improvement"], out, repetitions)
-        lines += ["", "![aggregate](aggregate.png)", "", "![profiles](profiles.png)"]
-        if pairs:
-            lines += ["", "![improvement](improvement.png)"]
+        section, found = aggregate_section(matrices, pairs, out, repetitions)
+        lines += section
+        estimates.update(found)
 
     cited = {row["source"] for row in rows} if any(d4rl_task(d) for d in datasets) else set()
     if cited:
@@ -160,7 +143,38 @@ def build_report(sweep: Sweep, repetitions: int = statistics.REPETITIONS) -> Pat
     return out
 
 
-def _plots(matrices: dict, aggregate: dict, improvement: dict, out: Path, repetitions: int):
+def aggregate_section(matrices: dict, pairs: list[tuple[str, str]], out: Path,
+                      repetitions: int = statistics.REPETITIONS, prefix: str = ""):
+    """The aggregate table, P(X > Y) for `pairs` and their plots (written to `out` as
+    <prefix>aggregate.png, <prefix>profiles.png, <prefix>improvement.png), for `matrices`
+    ({algorithm: (seeds, datasets)} of final scores, every dataset complete): (Markdown lines,
+    {"aggregate": ..., "improvement": ...})."""
+    labels = list(matrices)
+    lines = ["", "| algorithm | IQM [95% CI] | mean [95% CI] |", "|---|---|---|"]
+    aggregate = statistics.aggregates(matrices, repetitions=repetitions)
+    estimates = {"aggregate": aggregate, "improvement": {}}
+    for label in labels:
+        lines.append(f"| {label} | {interval(aggregate[label]['IQM'])} | "
+                     f"{interval(aggregate[label]['Mean'])} |")
+    if pairs:
+        improvement = statistics.probability_of_improvement(matrices, pairs,
+                                                            repetitions=repetitions)
+        estimates["improvement"] = {f"{x} > {y}": v for (x, y), v in improvement.items()}
+        lines += ["", "Probability of improvement, P(X > Y): the probability that a run of X "
+                  "on a dataset scores higher than a run of Y on it, averaged over datasets.", "",
+                  "| X | Y | P(X > Y) [95% CI] |", "|---|---|---|"]
+        lines += [f"| {x} | {y} | {p:.2f} [{low:.2f}, {high:.2f}] |"
+                  for (x, y), (p, low, high) in improvement.items()]
+    _plots(matrices, aggregate, estimates["improvement"], out, repetitions, prefix)
+    lines += ["", f"![aggregate]({prefix}aggregate.png)", "",
+              f"![profiles]({prefix}profiles.png)"]
+    if pairs:
+        lines += ["", f"![improvement]({prefix}improvement.png)"]
+    return lines, estimates
+
+
+def _plots(matrices: dict, aggregate: dict, improvement: dict, out: Path, repetitions: int,
+           prefix: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,9 +187,11 @@ def _plots(matrices: dict, aggregate: dict, improvement: dict, out: Path, repeti
     intervals = {label: np.array([[aggregate[label][m][1] for m in ("IQM", "Mean")],
                                   [aggregate[label][m][2] for m in ("IQM", "Mean")]])
                  for label in labels}
-    fig, _ = plot_utils.plot_interval_estimates(points, intervals, ["IQM", "Mean"],
-                                                algorithms=labels, xlabel="Normalised score")
-    fig.savefig(out / "aggregate.png", dpi=120, bbox_inches="tight")
+    fig, axes = plot_utils.plot_interval_estimates(points, intervals, ["IQM", "Mean"],
+                                                   algorithms=labels, xlabel="")
+    for ax in axes:  # below the ticks whatever the figure's height (rliable's label is not)
+        ax.set_xlabel("Normalised score", fontsize="x-large")
+    fig.savefig(out / f"{prefix}aggregate.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     top = max(100.0, max(float(m.max()) for m in matrices.values()))
@@ -185,8 +201,8 @@ def _plots(matrices: dict, aggregate: dict, improvement: dict, out: Path, repeti
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=bands, ax=ax,
                                          xlabel="Normalised score (τ)",
                                          ylabel="Fraction of runs with score > τ")
-    ax.legend(labels, loc="upper right")
-    fig.savefig(out / "profiles.png", dpi=120, bbox_inches="tight")
+    ax.legend(loc="upper right")  # the lines carry their labels (the bands do not)
+    fig.savefig(out / f"{prefix}profiles.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     if improvement:
@@ -194,5 +210,5 @@ def _plots(matrices: dict, aggregate: dict, improvement: dict, out: Path, repeti
         bands = {pair.replace(" > ", ","): np.array(value[1:])
                  for pair, value in improvement.items()}
         ax = plot_utils.plot_probability_of_improvement(probabilities, bands)
-        ax.figure.savefig(out / "improvement.png", dpi=120, bbox_inches="tight")
+        ax.figure.savefig(out / f"{prefix}improvement.png", dpi=120, bbox_inches="tight")
         plt.close(ax.figure)

@@ -70,3 +70,23 @@ def test_a_seed_still_running_leaves_the_merged_run_without_a_final_score(tmp_pa
     first_two = run["evaluations"][:2]
     assert [e["update"] for e in merged["evaluations"]] == [e["update"] for e in first_two]
     assert merged["evaluations"][1]["normalized_score"] == first_two[1]["normalized_score"][:2]
+
+
+def test_aggregates_cover_the_algorithms_with_every_seed_on_every_dataset(tmp_path, monkeypatch):
+    """Interval estimates (rliable) for the complete algorithms only: a missing dataset or a
+    seed short leaves an algorithm out, and says so."""
+    pytest.importorskip("rliable")
+    monkeypatch.setattr(score_table, "RESULTS", tmp_path)
+    datasets = ["a", "b"]
+    final = lambda scores: {"final": {"normalized_score": scores}}  # noqa: E731
+    by_key = {("bc", "a"): final([10.0, 20.0, 30.0]), ("bc", "b"): final([40.0, 50.0, 60.0]),
+              ("iql", "a"): final([70.0, 80.0, 90.0]), ("iql", "b"): final([70.0, 80.0, 90.0]),
+              ("cql", "a"): final([1.0, 2.0, 3.0]),  # no run on b
+              ("por", "a"): final([1.0, 2.0, 3.0]), ("por", "b"): final([1.0, 2.0])}  # 2 seeds
+    lines = "\n".join(score_table.aggregate_lines(by_key, ["bc", "iql", "cql", "por"], datasets,
+                                                  "x_"))
+    assert "not yet complete: cql, por" in lines
+    assert "| bc | 35.0 [" in lines  # IQM of 10..60: the mean of 20, 30, 40, 50
+    assert "| iql | 80.0 [" in lines and "| cql |" not in lines and "| por |" not in lines
+    assert "| iql | bc | 1.00 [1.00, 1.00] |" in lines  # every IQL run beats every BC run
+    assert (tmp_path / "x_profiles.png").stat().st_size > 1000
