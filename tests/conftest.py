@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +15,10 @@ SHARED = ROOT.parent / "shared"
 # One persistent XLA compilation cache for the session, shared with the runs the tests start as
 # subprocesses: the same small networks are compiled once, not in every test (as for users,
 # common.cli.enable_compilation_cache; JAX reads the variable when it is imported).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="offlax-xla-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="offlax-xla-cache-")
+    # removed when the session ends (each session left hundreds of MB in /tmp before)
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 from common.cli import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
