@@ -22,6 +22,10 @@ file's rewards (tests/test_d4rl_environments.py).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import gymnasium as gym
 import numpy as np
 
@@ -87,14 +91,31 @@ class SeedIn32Bits(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
+ADROIT_REWARD_NOTICE = "reward functions were updated in v1.2.1"  # farama-notifications' text
+
+
 def register_robotics():
-    """Register Gymnasium-Robotics' environments (importing the package does it)."""
+    """Register Gymnasium-Robotics' environments (importing the package does it).
+
+    Importing 1.2.1 to 1.4.2 prints that the dense Adroit rewards changed and advises another
+    release; offlax evaluates D4RL's Adroit data in D4RL/AdroitHand<Task>-v1, which restores
+    D4RL's reward, so the import's notice is replaced by one that says so."""
+    captured = io.StringIO()
     try:
-        import gymnasium_robotics
+        with contextlib.redirect_stderr(captured):
+            import gymnasium_robotics
     except ImportError:
         raise EnvironmentUnavailable(
             "Adroit, AntMaze, PointMaze and Franka Kitchen need the `gymnasium-robotics` package: "
             "`pip install 'offlax[robotics]'` (or `pip install gymnasium-robotics`).") from None
+    finally:
+        for line in captured.getvalue().splitlines():
+            if ADROIT_REWARD_NOTICE in line:
+                line = ("note: Gymnasium-Robotics' AdroitHand{Door,Hammer,Relocate}-v1 (1.2.1 to "
+                        "1.4.2) add the palm-to-object distance to the dense reward; "
+                        "D4RL/AdroitHand<Task>-v1, where offlax evaluates D4RL's Adroit data, "
+                        "subtracts it as D4RL did (common/environments.py).")
+            print(line, file=sys.stderr)
     gym.register_envs(gymnasium_robotics)
 
 
