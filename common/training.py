@@ -13,6 +13,9 @@ jitted call, and `evaluate`); this loop does what is not:
 * At every evaluation the whole state is checkpointed (common/checkpoints.py).
 * Ctrl-C finishes the current host call (at most UPDATES_PER_CALL updates), saves a checkpoint
   and a partial results.json, and exits 130; a second Ctrl-C exits at once without saving.
+* With several processes (common/sharding.py) every one runs this loop over its own seeds; the
+  metrics and, where something is saved, the state are gathered between host calls, process 0
+  alone evaluates and writes, and a Ctrl-C reaching any process stops all of them together.
 """
 
 from __future__ import annotations
