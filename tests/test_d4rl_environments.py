@@ -165,3 +165,16 @@ def test_d4rl_cache_file_names_find_their_family(tmp_path, filename, family, env
     assert (dataset.info.ref_min_score, dataset.info.ref_max_score) == D4RL_REFERENCE_SCORES[family]
     if family in ("hopper", "walker2d") or ROBOTICS:
         make_env(dataset).close()  # the shapes agree
+
+
+@needs_robotics
+def test_gymnasium_robotics_notice_is_replaced_by_what_offlax_does():
+    """Gymnasium-Robotics 1.4.2 prints, on import, advice to install another release for the
+    Adroit rewards; offlax's D4RL/ ids restore D4RL's reward, so the note says that instead."""
+    code = ("from common.environments import register_d4rl_adroit; register_d4rl_adroit(); "
+            "register_d4rl_adroit()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "gymnasium-robotics==1.2.0" not in result.stderr
+    assert result.stderr.count("D4RL/AdroitHand<Task>-v1, where offlax evaluates") == 1
