@@ -110,3 +110,21 @@ def run_status(directory: Path) -> str | None:
         return json.loads((Path(directory) / "results.json").read_text()).get("status")
     except (OSError, ValueError):
         return None
+
+
+def holder(directory: Path) -> int | None:
+    """The pid of the live process that holds `directory` (None where none does)."""
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         return 2
     if args.command == "list":
         for one in sweep.runs:
-            print(f"{plan(one):6} {one.output_dir}")
+            print(f"{plan(one):6} {progress(one):>22}  {one.output_dir}")
         return 0
     if args.command == "report":
         from sweeps.report import build_report
@@ -90,6 +90,19 @@ def main(argv=None) -> int:
         print(f"{len(outcomes) - len(problems)} of {len(outcomes)} submitted runs finished")
         return 0 if not problems else 1
     return 0
+
+
+def progress(run) -> str:
+    """'17000/100000 updates': where the run's results.json last stood (it is written at each
+    evaluation); '' before the run has written one."""
+    import json
+    from pathlib import Path
+
+    try:
+        results = json.loads((Path(run.output_dir) / "results.json").read_text())
+        return f"{results.get('updates', 0)}/{results['args']['total_updates']} updates"
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.checkpoints import latest_checkpoint
-from common.run_directory import run_status
+from common.run_directory import holder, run_status
 from sweeps.grid import Run, Sweep
 
 # What a run's exit code means (common/cli.py).
@@ -42,18 +42,21 @@ STOPPING = threading.Event()  # set on an interrupt: no new run starts
 @dataclass(frozen=True)
 class Outcome:
     run: Run
-    action: str  # "skipped", "started", "resumed", "left" (stopped earlier on a problem)
+    action: str  # "skipped", "started", "resumed", "left" (stopped earlier on a problem), "busy"
     status: str  # "finished", "interrupted", "diverged", ...
 
 
 def plan(run: Run) -> str:
-    """What running `run` now would do: "skip" (finished), "resume" (a checkpoint to continue
-    from), "start" (nothing there yet) or "leave" (a run that stopped on a problem that running
-    it again would repeat: diverged, bad input; its results.json says which)."""
+    """What running `run` now would do: "skip" (finished), "busy" (another process is running
+    it: another sweep, or a run started by hand), "resume" (a checkpoint to continue from),
+    "start" (nothing there yet) or "leave" (a run that stopped on a problem that running it
+    again would repeat: diverged, bad input; its results.json says which)."""
     directory = Path(run.output_dir)
     status = run_status(directory)
     if status == "finished":
         return "skip"
+    if holder(directory) is not None:
+        return "busy"
     if status == "diverged":
         return "leave"
     if directory.is_dir() and latest_checkpoint(directory):
@@ -68,8 +71,8 @@ def run_one(run: Run, device: str | None = None) -> Outcome:
     action = plan(run)
     if STOPPING.is_set():
         return Outcome(run, "not started", "interrupted")
-    if action in ("skip", "leave"):
-        return Outcome(run, {"skip": "skipped", "leave": "left"}[action],
+    if action in ("skip", "leave", "busy"):
+        return Outcome(run, {"skip": "skipped", "leave": "left", "busy": "busy"}[action],
                        run_status(Path(run.output_dir)) or "unknown")
     directory = Path(run.output_dir)
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from conftest import ROOT
 from common.errors import ConfigError
 from sweeps import statistics
 from sweeps.grid import load_sweep
-from sweeps.launch import plan
+from sweeps.launch import plan, run_one
 from sweeps.report import build_report, d4rl_task, published_for, published_scores
 
 pytestmark = pytest.mark.usefixtures("generated_datasets")
@@ -45,6 +45,36 @@ def sweep_cli(*args, **kwargs):
 
 # --------------------------------------------------------------------------------------------
 # The grid
+
+
+def test_a_run_another_process_holds_is_busy_not_resumed(tmp_path):
+    """A run in progress elsewhere (a second sweep, a run started by hand) is left to it: `run`
+    would not start a second process on it, and `list` shows where it stands."""
+    from common.run_directory import hold
+
+    path = write_config(tmp_path, f"""
+output_dir = "{tmp_path / 'out'}"
+algorithms = ["bc"]
+datasets = ["{DATASET}"]
+seeds = [0]
+""")
+    [run] = load_sweep(path).runs
+    directory = Path(run.output_dir)
+    directory.mkdir(parents=True)
+    (directory / "checkpoints").mkdir()
+    (directory / "checkpoints" / "checkpoint_000000200.msgpack").write_bytes(b"x")
+    (directory / "results.json").write_text(json.dumps(
+        {"status": "running", "updates": 200, "args": {"total_updates": 1000}}))
+    held = hold(directory, created=False)
+    try:
+        assert plan(run) == "busy"
+        assert run_one(run).action == "busy"
+        listed = sweep_cli("list", path)
+        assert listed.returncode == 0 and "busy" in listed.stdout
+        assert "200/1000 updates" in listed.stdout
+    finally:
+        held.release()
+    assert plan(run) == "resume"
 
 
 def test_grid_of_algorithms_datasets_variants_and_seeds(tmp_path):
