@@ -39,7 +39,10 @@ learning rate 3e-4 of its "1e-4 or 3e-4"); AntMaze's are the authors' cql_antmaz
 README values, in DATASET_OVERRIDES. Where CORL's cql.py differs (policy learning rate 3e-5,
 alpha_cql 10, orthogonal initialisation, states normalised, three hidden layers in Q, rewards
 scaled by 1000 / return range), these defaults follow JaxCQL and the authors; --policy-lr,
---cql-alpha, --normalize-observations and --hidden-dims reach CORL's choices.
+--cql-alpha, --normalize-observations and --hidden-dims reach CORL's choices. For Adroit, whose
+settings the authors' code and README do not give, DATASET_OVERRIDES takes CORL's Adroit configs
+(alpha_cql 1, policy learning rate 1e-4, states normalised) but not their orthogonal
+initialisation or three-layer Q, which this file does not have.
 
 Departures, each for a reason:
 - The Lagrange variant uses the authors' form alpha' (alpha_cql gap - tau) with log alpha'
@@ -155,6 +158,11 @@ DATASET_OVERRIDES = {
     "antmaze": dict(hidden_dims=(256, 256, 256), policy_lr=1e-4, lagrange=True,
                     target_action_gap=5.0, bc_warmup_updates=40_000, reward_scale=4.0,
                     reward_bias=-2.0, eval_episodes=100),
+    # Adroit: CORL's configs/offline/cql/<task>/*_v1.yaml (the authors publish none): alpha_cql
+    # 1 (cql_min_q_weight), policy lr 1e-4, states normalised ("pen-" and "/pen/": not
+    # InvertedPendulum)
+    **{key: dict(cql_alpha=1.0, policy_lr=1e-4, normalize_observations=True)
+       for key in ("door", "hammer", "relocate", "pen-", "/pen/")},
 }
 
 

@@ -117,6 +117,15 @@ def test_iql_dataset_overrides_are_defaults_that_flags_override():
     assert iql.parse_args(["--env", "offlax/invertedpendulum/expert-v1"]).policy_dropout == 0.0
 
 
+def test_cql_adroit_overrides_are_corls_and_leave_inverted_pendulum_alone():
+    door = cql.parse_args(["--env", "../shared/data/d4rl/door-human-v0.hdf5"])
+    assert (door.cql_alpha, door.policy_lr, door.normalize_observations) == (1.0, 1e-4, True)
+    assert cql.parse_args(["--env", "D4RL/pen/human-v2"]).cql_alpha == 1.0
+    assert cql.parse_args(["--env", "door-human-v1", "--cql-alpha", "5"]).cql_alpha == 5.0
+    pendulum = cql.parse_args(["--env", "offlax/invertedpendulum/expert-v1"])
+    assert (pendulum.cql_alpha, pendulum.policy_lr) == (cql.Args.cql_alpha, cql.Args.policy_lr)
+
+
 def test_a_relabelled_file_gets_the_overrides_of_the_dataset_it_was_made_from(tmp_path):
     """reward_model.py's relabelled.hdf5 names its source in an attribute; a path that names no
     task gets the source's per-dataset settings, a file without the attribute gets none."""
