@@ -114,10 +114,22 @@ def main():
                     print(f"skip {algorithm} {env}: {target.relative_to(ROOT)} exists")
                 else:
                     todo.append((algorithm, env, seed))
+    stopped = []
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         futures = [pool.submit(run_one, *run, options, extra) for run in todo]
-        for future in futures:
-            print("done:", future.result(), flush=True)
+        try:
+            for run, future in zip(todo, futures):
+                try:
+                    print("done:", future.result(), flush=True)
+                except subprocess.CalledProcessError as error:  # interrupted (130), diverged...
+                    stopped.append(f"{score_file(*run).stem} (exit {error.returncode})")
+        except KeyboardInterrupt:  # the runs got the Ctrl-C too, and checkpoint
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise SystemExit("interrupted: the running runs checkpointed; the same command "
+                             "resumes them and starts the rest.") from None
+    if stopped:
+        raise SystemExit("not finished: " + ", ".join(stopped) + ". Their logs say why; the "
+                         "same command resumes the interrupted ones.")
 
 
 if __name__ == "__main__":
