@@ -77,12 +77,8 @@ def prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
         if args.resume:
             return Path(args.resume), resumable_checkpoint(algorithm, args, Path(args.resume))
         if args.output_dir:
-            directory = Path(args.output_dir)
-            if (directory / "results.json").exists() or latest_checkpoint(directory):
-                raise ConfigError(f"'{directory}' already holds a run (results.json or "
-                                  "checkpoints). Continue it with --resume, or choose another "
-                                  "--output-dir.")
-            return directory, None
+            check_holds_no_run(Path(args.output_dir))
+            return Path(args.output_dir), None
         return Path(text_of_process_zero("")), None
     directory, checkpoint = _prepare_output_dir(algorithm, args)
     if not (args.resume or args.output_dir):
@@ -108,10 +104,7 @@ def _prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
             created = not directory.exists()
             directory.mkdir(parents=True, exist_ok=True)
             held = hold(directory, created)
-            if (directory / "results.json").exists() or latest_checkpoint(directory):
-                raise ConfigError(
-                    f"'{directory}' already holds a run (results.json or checkpoints). Continue "
-                    f"it with --resume {directory}, or choose another --output-dir.")
+            check_holds_no_run(directory)
             return directory, None
         directory = create_new_directory(algorithm, args.env, args.seed)
         held = hold(directory, created=True)
@@ -125,6 +118,14 @@ def _prepare_output_dir(algorithm: str, args) -> tuple[Path, dict | None]:
         raise ConfigError(
             f"Cannot write to the output directory '{where}' ({type(error).__name__}: "
             f"{error.strerror or error}). Choose a writable one with --output-dir.") from None
+
+
+def check_holds_no_run(directory: Path):
+    """A new run's --output-dir must not hold another run's results or checkpoints."""
+    if (directory / "results.json").exists() or latest_checkpoint(directory):
+        raise ConfigError(
+            f"'{directory}' already holds a run (results.json or checkpoints). Continue "
+            f"it with --resume {directory}, or choose another --output-dir.")
 
 
 def resumable_checkpoint(algorithm: str, args, directory: Path) -> dict:
