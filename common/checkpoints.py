@@ -28,6 +28,7 @@ from flax import serialization
 
 from common.errors import OfflaxError
 from common.files import RunWriteError, write_atomically
+from common.prng_keys import rewrap_keys, unwrap_keys
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -56,10 +57,6 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
-def _is_key(x) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def save_checkpoint(run_dir, update: int, payload: dict, keep: int) -> Path:
     """Write checkpoint_<update>.msgpack atomically and delete all but the newest `keep`."""
     directory = checkpoint_dir(run_dir)
@@ -67,8 +64,7 @@ def save_checkpoint(run_dir, update: int, payload: dict, keep: int) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunWriteError("the checkpoint directory", directory, error, None, run_dir) from None
-    states = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
-                          payload["states"])
+    states, _ = unwrap_keys(payload["states"])
     tree = {**payload, "format": CHECKPOINT_FORMAT, "update": update,
             "states": serialization.to_state_dict(jax.device_get(states))}
     path = directory / f"checkpoint_{update:09d}.msgpack"
@@ -122,8 +118,7 @@ def args_json(args) -> str:
 def restore_states(template, saved: dict):
     """The saved training state in the structure (and key types) of `template`, a freshly
     initialised state of the same run."""
-    keys = jax.tree.map(_is_key, template)
-    raw = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, template)
+    raw, keys = unwrap_keys(template)
     try:
         restored = serialization.from_state_dict(raw, saved)
     except (KeyError, ValueError) as error:
@@ -134,5 +129,4 @@ def restore_states(template, saved: dict):
     if any(a != b for a, b in shapes):
         raise CheckpointError("The checkpoint's parameter shapes differ from this run's; was it "
                               "written with other --hidden-dims or another dataset?")
-    return jax.tree.map(lambda is_key, x: jax.random.wrap_key_data(x) if is_key else x,
-                        keys, restored)
+    return rewrap_keys(restored, keys)

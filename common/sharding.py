@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from common.errors import ConfigError
+from common.prng_keys import rewrap_keys, unwrap_keys
 
 _JOINED = False
 
@@ -132,11 +133,8 @@ def shard_seeds(states):
     if jax.process_count() == 1:
         return jax.device_put(states, sharding)
     # every process made the same states (same seeds, same checkpoint): each keeps its block
-    is_key = jax.tree.map(_is_key, states)
-    host = jax.tree.map(lambda k, x: np.asarray(jax.random.key_data(x) if k else x),
-                        is_key, states)
-    placed = jax.device_put(host, sharding)
-    return jax.tree.map(lambda k, x: jax.random.wrap_key_data(x) if k else x, is_key, placed)
+    raw, keys = unwrap_keys(states)
+    return rewrap_keys(jax.device_put(jax.tree.map(np.asarray, raw), sharding), keys)
 
 
 def to_host(tree):
@@ -144,10 +142,8 @@ def to_host(tree):
     `jax.device_get`; with several, gathered from all of them (every process must call it)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    is_key = jax.tree.map(_is_key, tree)
-    raw = jax.tree.map(lambda k, x: jax.random.key_data(x) if k else x, is_key, tree)
-    gathered = multihost_utils.process_allgather(raw, tiled=True)
-    return jax.tree.map(lambda k, x: jax.random.wrap_key_data(x) if k else x, is_key, gathered)
+    raw, keys = unwrap_keys(tree)
+    return rewrap_keys(multihost_utils.process_allgather(raw, tiled=True), keys)
 
 
 def any_process(flag: bool) -> bool:
@@ -155,10 +151,6 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def _is_key(x) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def text_of_process_zero(text: str) -> str:

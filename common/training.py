@@ -206,6 +206,7 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
         return save_checkpoint(logger.output_dir, logger.updates, payload, args.keep_checkpoints)
 
     find_non_finite = jax.jit(non_finite_leaves)
+    host_states = None  # as gathered for the last evaluation or checkpoint
     with ctrl_c_requests(logger.output_dir) as ctrl_c:
         try:
             while logger.updates < args.total_updates:
@@ -251,7 +252,10 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
             logger.finish("failed", str(error))
             raise
     logger.results["checkpoints"] = [str(p) for p in list_checkpoints(logger.output_dir)]
-    return states if jax.process_count() == 1 else to_host(states)
+    if jax.process_count() == 1:
+        return states
+    # the last update is always evaluated, so the final states were gathered there already
+    return to_host(states) if host_states is None else host_states
 
 
 def non_finite_leaves(states):
