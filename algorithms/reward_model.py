@@ -240,6 +240,15 @@ def query_arrays(queries: list[Query]) -> dict:
     return dict(starts=starts, first=first, second=second, mu=mu, weight=weight)
 
 
+def with_segment_axis(arrays: dict, k: int) -> dict:
+    """`query_arrays` with `starts` padded to k segments, so that training and held-out queries
+    (whose largest queries may differ) share the segment axis the model sees."""
+    starts = arrays["starts"]
+    if starts.shape[1] < k:
+        arrays = {**arrays, "starts": np.pad(starts, ((0, 0), (0, k - starts.shape[1])))}
+    return arrays
+
+
 # --------------------------------------------------------------------------------------------
 # Losses and the update
 
@@ -442,8 +451,8 @@ def main(args: Args) -> dict:
     validation = [answered[i] for i in sorted(order[:num_validation])]
     training = [answered[i] for i in sorted(order[num_validation:])]
     k = max(len(q.segments) for q in answered)
-    train_queries = jax.device_put(_pad_k(query_arrays(training), k))
-    validation_queries = _pad_k(query_arrays(validation), k)
+    train_queries = jax.device_put(with_segment_axis(query_arrays(training), k))
+    validation_queries = with_segment_axis(query_arrays(validation), k)
     resamples = (rng.integers(0, len(training), (args.ensemble_size, len(training)))
                  if args.bootstrap else np.tile(np.arange(len(training)), (args.ensemble_size, 1)))
     resamples = jnp.asarray(resamples, jnp.int32)
@@ -487,7 +496,7 @@ def main(args: Args) -> dict:
     learned = evaluation_policy(args, data)(state.model.params)
     relabelled = normalize_rewards(learned, args.reward_normalization).astype(np.float32)
     training_metrics = held_out_metrics(state.model.params, data,
-                                        _pad_k(query_arrays(training), k), args,
+                                        with_segment_axis(query_arrays(training), k), args,
                                         labels.segment_length)
     relabelled_path = output_dir / "relabelled.hdf5"
     write_relabelled(relabelled_path, dataset, relabelled, {
@@ -530,14 +539,6 @@ def main(args: Args) -> dict:
           f"train on it: python algorithms/iql.py --env {relabelled_path}")
     release(output_dir)
     return results
-
-
-def _pad_k(arrays: dict, k: int) -> dict:
-    """Pad the segment axis of `starts` to k (queries with fewer segments than the largest)."""
-    starts = arrays["starts"]
-    if starts.shape[1] < k:
-        arrays = {**arrays, "starts": np.pad(starts, ((0, 0), (0, k - starts.shape[1])))}
-    return arrays
 
 
 if __name__ == "__main__":
