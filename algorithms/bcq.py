@@ -61,7 +61,7 @@ from common.datasets import DEFAULT_DATASET, load_dataset
 from common.evaluation import Evaluator, env_action_scaling
 from common.logger import RunLogger
 from common.normalization import ObservationStatistics, observation_statistics
-from common.training import prepare_output_dir, train
+from common.training import prepare_output_dir, train, value_bound
 from common.transitions import sample_batch, transitions_on_device
 
 
@@ -387,7 +387,7 @@ def main(args: Args) -> dict:
     # it continues from the checkpoint's state instead of these fresh ones.
     states = train(states, lambda states, n: train_chunk(states, data, n, args),
                    lambda states: evaluate(policy_params(states)), logger, args, statistics,
-                   checkpoint)
+                   checkpoint, value_bound=value_bound(data["rewards"], args.discount))
     evaluate.close()
     logger.save_policy(policy_params(states), **statistics)
     logger.finish("finished")

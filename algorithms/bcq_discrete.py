@@ -65,7 +65,7 @@ from common.cli import (apply_dataset_overrides, check_args, check_batch_size, p
 from common.datasets import DEFAULT_DISCRETE_DATASET, load_dataset
 from common.evaluation import Evaluator, env_discrete_spaces
 from common.logger import RunLogger
-from common.training import prepare_output_dir, train
+from common.training import prepare_output_dir, train, value_bound
 from common.transitions import discrete_transitions_on_device, sample_batch
 
 
@@ -342,7 +342,7 @@ def main(args: Args) -> dict:
     # it continues from the checkpoint's state instead of these fresh ones.
     states = train(states, lambda states, n: train_chunk(states, data, n, args),
                    lambda states: evaluate(policy_params(states)), logger, args, statistics,
-                   checkpoint)
+                   checkpoint, value_bound=value_bound(data["rewards"], args.discount))
     evaluate.close()
     logger.save_policy(policy_params(states), **statistics)
     logger.finish("finished")

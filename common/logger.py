@@ -105,6 +105,7 @@ class RunLogger:
             "cwd": os.getcwd(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "evaluations": [],
+            "warnings": [],  # {"seed", "update", "kind", "message"}: see `warn`
         }
         resume = json.loads(checkpoint["logger"]) if checkpoint is not None else None
         if resume is not None:
@@ -112,6 +113,7 @@ class RunLogger:
             self.timed = resume["timed"]
             self.wall_before = resume["wall_seconds"]
             self.results["evaluations"] = resume["evaluations"]
+            self.results["warnings"] = resume.get("warnings", [])
             # a checkpoint between evaluations (Ctrl-C) carries the metrics summed since the last
             self.train_sums = {k: np.asarray(v, np.float64)
                                for k, v in resume.get("train_sums", {}).items()}
@@ -132,6 +134,7 @@ class RunLogger:
         """What a checkpoint keeps of the logger (JSON-able; floats round-trip exactly)."""
         return {"updates": self.updates, "timed": list(self.timed),
                 "wall_seconds": self.wall_seconds(), "evaluations": self.results["evaluations"],
+                "warnings": self.results["warnings"],
                 "started": self.results["started"], "resumed": self.results.get("resumed", []),
                 "dataset_fingerprint": self.info.fingerprint,
                 "train_sums": {k: np.asarray(v).tolist() for k, v in self.train_sums.items()},
@@ -163,6 +166,16 @@ class RunLogger:
             self.bar.unpause()
         else:
             self.bar.update(updates_done)
+
+    def warn(self, kind: str, seed: int, update: int, message: str):
+        """A problem the run goes on through (e.g. kind "value_bound"): printed above the bar
+        once per kind and seed, and kept in results.json's "warnings" (across resumes too)."""
+        if any(w["kind"] == kind and w["seed"] == seed for w in self.results["warnings"]):
+            return
+        self.results["warnings"].append(
+            {"seed": seed, "update": update, "kind": kind, "message": message})
+        if self.writes:
+            self.bar.write(f"warning: {message}", file=sys.stderr)
 
     def log_evaluation(self, returns: np.ndarray) -> np.ndarray:
         """returns: (seeds, episodes). Records and returns the normalised score per seed."""

@@ -171,7 +171,8 @@ def chunk_size(updates: int, args, update_multiple: int = 1) -> int:
 
 
 def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, args,
-          statistics: dict, checkpoint: dict | None = None, update_multiple: int = 1):
+          statistics: dict, checkpoint: dict | None = None, update_multiple: int = 1,
+          value_bound: float | None = None):
     """Train `states` (all seeds) to args.total_updates and return them (with several
     processes, as host values holding every seed).
 
@@ -180,6 +181,8 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
     statistics: the arrays the run normalises and acts with; checkpointed, and on resume
         compared with the ones recomputed from the dataset.
     checkpoint: from `prepare_output_dir` when resuming; `states` is then its template.
+    value_bound: `value_bound(rewards, discount)`, where the metrics hold "q_mean": a seed whose
+        mean Q goes beyond it gets a warning (divergence that is not yet NaN).
     """
     statistics = {k: np.asarray(v) for k, v in statistics.items()}
     if checkpoint is not None:
@@ -230,6 +233,17 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
                     raise TrainingDiverged(message)
                 states = new_states
                 logger.log_training(num_updates, seconds, metrics)
+                if value_bound is not None and "q_mean" in metrics:
+                    for seed, (update, value) in beyond_bound(
+                            metrics["q_mean"], value_bound, first_update, num_updates,
+                            logger.seeds).items():
+                        logger.warn("value_bound", seed, update, (
+                            f"The mean Q-value of seed {seed} reached {value:.4g} at update "
+                            f"{update}, beyond max|r| / (1 - gamma) = {value_bound:.4g}, which no "
+                            "discounted return of this dataset can exceed: the critic is "
+                            "diverging, and its scores mean little from here on. Training goes "
+                            "on; a lower learning rate, a stronger conservative or behaviour-"
+                            "cloning term, or another reward scale usually prevents it."))
                 evaluation_due = (logger.updates % args.eval_interval == 0
                                   or logger.updates == args.total_updates)
                 stop = any_process(ctrl_c.requested)  # with several processes, all stop together
@@ -256,6 +270,26 @@ def train(states, train_chunk: Callable, evaluate: Callable, logger: RunLogger, 
         return states
     # the last update is always evaluated, so the final states were gathered there already
     return to_host(states) if host_states is None else host_states
+
+
+def value_bound(rewards, discount: float) -> float:
+    """max |r| / (1 - gamma): no discounted return of the data, so no true Q-value, is larger
+    in magnitude (infinite for gamma = 1)."""
+    largest = float(np.abs(np.asarray(rewards)).max())
+    return largest / (1.0 - discount) if discount < 1.0 else float("inf")
+
+
+def beyond_bound(q_mean, bound: float, first_update: int, num_updates: int, seeds) -> dict:
+    """seed -> (update, value) where that seed's mean Q first exceeds `bound` in magnitude in
+    one host call; q_mean[seed, step] as in `divergence`."""
+    q_mean = np.asarray(q_mean)
+    found = {}
+    for seed_index, step in zip(*np.nonzero(np.abs(q_mean) > bound)):
+        seed = seeds[seed_index]
+        if seed not in found:  # np.nonzero goes row by row: the first step of each seed
+            update = first_update + (step + 1) * (num_updates // q_mean.shape[1])
+            found[seed] = (int(update), float(q_mean[seed_index, step]))
+    return found
 
 
 def non_finite_leaves(states):

@@ -31,7 +31,7 @@ from common.checkpoints import CheckpointError, list_checkpoints, load_checkpoin
 from common.cli import parse_cli, run_main  # noqa: E402
 from common.datasets import DatasetWarning, load_dataset  # noqa: E402
 from common.normalization import ActionScaling  # noqa: E402
-from common.training import divergence  # noqa: E402
+from common.training import beyond_bound, divergence, value_bound  # noqa: E402
 from common.transitions import unit_actions  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("generated_datasets")
@@ -260,6 +260,38 @@ def test_divergence_names_the_first_non_finite_quantity_and_its_seed():
     bad_params = {"actor": {"params": {"Dense_0": {"kernel": np.array([False, True, False])}}}}
     assert divergence(finite, bad_params, 1000, 100, [7, 8, 9]) == (
         "parameter actor.params.Dense_0.kernel of seed 8 holds NaN or Inf after update 1100")
+
+
+def test_value_bound_and_where_each_seed_first_goes_beyond_it():
+    assert value_bound(np.array([1.0, -3.0, 2.0]), 0.9) == pytest.approx(30.0)
+    assert value_bound(np.array([1.0]), 1.0) == float("inf")
+    q_mean = np.zeros((3, 50))
+    q_mean[0, 10:] = 31.0  # seed 7 from step 10 (updates 21-22), on the positive side
+    q_mean[2, 40] = -45.0  # seed 9 at step 40 only, on the negative side
+    q_mean[1] = np.linspace(-29.0, 29.0, 50)  # seed 8 stays inside
+    assert beyond_bound(q_mean, 30.0, 1000, 100, [7, 8, 9]) == {7: (1022, 31.0),
+                                                                9: (1082, -45.0)}
+    assert beyond_bound(q_mean, 50.0, 1000, 100, [7, 8, 9]) == {}
+
+
+def test_q_values_beyond_the_value_bound_are_warned_once_per_seed(tmp_path, monkeypatch,
+                                                                  capsys):
+    """With the bound made 1e-6 (the Q-values of a real run cannot stay under it), each seed is
+    warned once, from its first TD3 step (update 2), and the run itself goes on to the end."""
+    bounds = []
+    monkeypatch.setattr(td3_bc, "value_bound",
+                        lambda rewards, discount: bounds.append(value_bound(rewards, discount))
+                        or 1e-6)
+    td3_bc.main(small_args("td3_bc", tmp_path, seed=5, num_seeds=2, total_updates=2000,
+                           eval_interval=1000))
+    assert bounds == [pytest.approx(1.0 / (1 - 0.99))]  # InvertedPendulum: rewards of 1
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "finished" and results["updates"] == 2000
+    assert [(w["kind"], w["seed"], w["update"]) for w in results["warnings"]] == [
+        ("value_bound", 5, 2), ("value_bound", 6, 2)]
+    err = capsys.readouterr().err
+    assert err.count("warning: The mean Q-value of seed") == 2
+    assert "beyond max|r| / (1 - gamma) = 1e-06" in err
 
 
 # --------------------------------------------------------------------------------------------
