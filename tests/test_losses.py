@@ -414,6 +414,27 @@ def test_cql_policy_initial_log_std_is_offset_minus_one():
     assert np.abs(params["MLP_0"]["Dense_1"]["kernel"]).max() <= np.sqrt(3e-2 / 8)
 
 
+def test_cql_orthogonal_init_of_the_q_functions():
+    """--orthogonal-init (CORL's Adroit setting): hidden kernels W with W^T W = 2 I (gain
+    sqrt 2), the output kernel of norm 1e-2, zero biases, each Q-function its own draw; the
+    policy keeps JaxCQL's initialisation."""
+    args = cql.Args(hidden_dims=(16, 16), orthogonal_init=True)
+    state = cql.init_state(jax.random.key(0), args, OBS_DIM, ACTION_DIM)
+    layers = state.critic.params["params"]["VmapQNetwork_0"]["MLP_0"]
+    for k in range(2):
+        square = np.asarray(layers["Dense_1"]["kernel"][k])  # 16 x 16
+        close(square.T @ square, 2.0 * np.eye(16), atol=1e-4)
+        first = np.asarray(layers["Dense_0"]["kernel"][k])  # (OBS_DIM + ACTION_DIM) x 16
+        close(first @ first.T, 2.0 * np.eye(first.shape[0]), atol=1e-4)  # rows orthonormal
+        close(np.linalg.norm(layers["Dense_2"]["kernel"][k]), 1e-2, atol=1e-6)
+        assert all(np.all(layers[f"Dense_{i}"]["bias"][k] == 0) for i in range(3))
+    assert not np.allclose(layers["Dense_1"]["kernel"][0], layers["Dense_1"]["kernel"][1])
+    default = cql.init_state(jax.random.key(0), cql.Args(hidden_dims=(16, 16)), OBS_DIM,
+                             ACTION_DIM)
+    close(state.actor.params["params"]["MLP_0"]["Dense_0"]["kernel"],
+          default.actor.params["params"]["MLP_0"]["Dense_0"]["kernel"])
+
+
 @pytest.mark.parametrize("warmup", [False, True])
 def test_cql_actor_loss(cql_state, batch, warmup):
     args, state = cql_state
