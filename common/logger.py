@@ -161,8 +161,9 @@ class RunLogger:
         self.writer.flush()
         if first:
             # This process's first host call includes XLA's compilation: leave it out of the
-            # bar's rate, or the first ETA is many times too long.
-            self.bar.n = self.bar.last_print_n = self.updates
+            # bar's rate, or the first ETA is many times too long (and its updates out of the
+            # bar's `initial` too, or the first frame divides them by a near-zero time).
+            self.bar.n = self.bar.last_print_n = self.bar.initial = self.updates
             self.bar.unpause()
         else:
             self.bar.update(updates_done)
