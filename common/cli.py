@@ -3,7 +3,8 @@ shared flags, and how a run ends (a one-paragraph error and an exit code, never 
 
 Exit codes: 0 finished, 1 a file of the run could not be written (full disk), 2 bad input
 (arguments, dataset, output directory, checkpoint, a directory another run holds), 3 training
-diverged, 130 interrupted (Ctrl-C; a checkpoint and a partial results.json are saved).
+diverged, 130 interrupted (Ctrl-C or SIGTERM during training; a checkpoint and a partial
+results.json are saved).
 """
 
 from __future__ import annotations

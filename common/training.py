@@ -11,8 +11,10 @@ jitted call, and `evaluate`); this loop does what is not:
   a divergence stops the run, naming the update, the seed and the quantity, and the last finite
   checkpoint stays the latest.
 * At every evaluation the whole state is checkpointed (common/checkpoints.py).
-* Ctrl-C finishes the current host call (at most UPDATES_PER_CALL updates), saves a checkpoint
-  and a partial results.json, and exits 130; a second Ctrl-C exits at once without saving.
+* Ctrl-C (SIGINT) or SIGTERM finishes the current host call (at most UPDATES_PER_CALL
+  updates), saves a checkpoint and a partial results.json, and exits 130; a second one exits at
+  once without saving. SIGTERM is what Slurm sends at a job's time limit or preemption (and
+  `kill` by default), some seconds before SIGKILL: the run keeps its last host call's work.
 * With several processes (common/sharding.py) every one runs this loop over its own seeds; the
   metrics and, where something is saved, the state are gathered between host calls, process 0
   alone evaluates and writes, and a Ctrl-C reaching any process stops all of them together.
@@ -333,8 +335,8 @@ def divergence(metrics: dict, non_finite, first_update: int, num_updates: int, s
 
 @contextmanager
 def ctrl_c_requests(output_dir: Path):
-    """While active, the first SIGINT only sets `.requested` (the loop then saves and stops);
-    a second one raises TrainingInterrupted at once."""
+    """While active, the first SIGINT or SIGTERM only sets `.requested` (the loop then saves and
+    stops); a second one raises TrainingInterrupted at once."""
 
     class Requests:
         requested = False
@@ -342,24 +344,27 @@ def ctrl_c_requests(output_dir: Path):
     requests = Requests()
 
     def handler(signum, frame):
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if requests.requested:
             last = latest_checkpoint(output_dir)
             raise TrainingInterrupted(
-                "second Ctrl-C: exiting at once, without saving. " + (
+                f"second {name}: exiting at once, without saving. " + (
                     f"The latest checkpoint, {last}, is the last one written; continue with: "
                     f"python {Path(sys.argv[0]).as_posix()} --resume {output_dir}" if last else
                     "No checkpoint had been written yet, so there is nothing to resume."))
         requests.requested = True
-        tqdm.write("Ctrl-C: saving a checkpoint after the current host call (at most "
-                   f"{UPDATES_PER_CALL} updates). Press Ctrl-C again to exit without saving.",
+        tqdm.write(f"{name}: saving a checkpoint after the current host call (at most "
+                   f"{UPDATES_PER_CALL} updates). {name} again exits without saving.",
                    file=sys.stderr)
 
+    signals = (signal.SIGINT, signal.SIGTERM)
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C cannot reach this loop anyway
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+    except ValueError:  # not the main thread: no signal can reach this loop anyway
         yield requests
         return
     try:
         yield requests
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)

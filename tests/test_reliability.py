@@ -160,6 +160,24 @@ def test_ctrl_c_saves_a_checkpoint_and_partial_results_and_resume_is_bit_exact(t
     assert_same_run(tmp_path / "reference", tmp_path / "run")
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    """SIGTERM is what Slurm sends at a job's time limit or preemption, some seconds before
+    SIGKILL: the run stops as on Ctrl-C, with a checkpoint on the host-call grid, instead of
+    losing everything since its last evaluation. (Resume from it is the Ctrl-C test's path.)"""
+    flags = cli_flags(**{**RUN, "total_updates": 40000}, output_dir=tmp_path / "run")
+    interrupted = start("td3_bc", *flags)
+    wait_for(tmp_path / "run/checkpoints/checkpoint_000002000.msgpack", interrupted)
+    interrupted.send_signal(signal.SIGTERM)
+    code, output = finish(interrupted)
+    assert code == 130, output
+    assert "SIGTERM: saving a checkpoint" in output and "Traceback" not in output
+    partial = json.loads((tmp_path / "run/results.json").read_text())
+    assert partial["status"] == "interrupted", partial.get("message")
+    stopped_at = partial["updates"]
+    assert 2000 < stopped_at < 40000 and stopped_at % 1000 == 0
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["update"] == stopped_at
+
+
 def test_cql_resume_is_bit_exact_across_its_warmup_and_lagrange_multiplier(tmp_path):
     """CQL's behaviour-cloning warm-up ends at an update count kept in the policy's optimiser
     state, and its Lagrange multiplier is a trained scalar: killed at 1000 updates, mid warm-up,
