@@ -310,8 +310,8 @@ def update(state: BCQState, data, args: Args):
 
     (a_loss, perturbation), grads = jax.value_and_grad(actor_loss, has_aux=True)(
         state.actor.params, state, batch, actor_key, args)
+    state = state.replace(actor=state.actor.apply_gradients(grads=grads))
     state = state.replace(
-        actor=state.actor.apply_gradients(grads=grads),
         actor_target=optax.incremental_update(state.actor.params, state.actor_target, args.tau),
         critic_target=optax.incremental_update(state.critic.params, state.critic_target, args.tau),
         key=key,

@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import ROOT
@@ -619,6 +620,24 @@ def test_bcq_actor_loss_follows_q1_of_perturbed_generated_actions(bcq_state, bat
     loss, perturbation = bcq.actor_loss(state.actor.params, state, batch, key, args)
     close(loss, expected, atol=1e-4)
     close(perturbation, np.abs(actions - generated).mean())
+
+
+def test_bcq_targets_follow_the_updated_networks(bcq_state, batch):
+    """Polyak averaging after the update, towards the perturbation model and Q-functions that
+    this update produced (the authors' order): theta' <- tau theta_new + (1 - tau) theta'."""
+    args, state = bcq_state
+    # Adam's first step moves every parameter by about its learning rate: 0.1 and tau = 0.5
+    # make averaging towards the networks before the update miss by about 0.05.
+    args = dataclasses.replace(args, tau=0.5)
+    state = state.replace(actor=state.actor.replace(tx=optax.adam(0.1)),
+                          critic=state.critic.replace(tx=optax.adam(0.1)))
+    after, _ = bcq.update(state, batch, args)
+    for online, target, before in ((after.actor.params, after.actor_target, state.actor_target),
+                                   (after.critic.params, after.critic_target,
+                                    state.critic_target)):
+        jax.tree.map(lambda new, t, old: close(t, args.tau * np.asarray(new)
+                                               + (1 - args.tau) * np.asarray(old)),
+                     online, target, before)
 
 
 def test_bcq_acts_with_the_best_of_its_candidates_under_q1(bcq_state, batch):
