@@ -123,8 +123,10 @@ class RunLogger:
                 "update": self.updates,
                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": self.results["command"]}]
+        # TensorBoard drops the events at or after the purge step; those at the checkpoint's
+        # own step (its training metrics and evaluation) were written before it, so they stay
         self.writer = (EventWriter(self.output_dir, self.last_checkpoint,
-                                   purge_step=self.updates if resume is not None else None)
+                                   purge_step=self.updates + 1 if resume is not None else None)
                        if self.writes else NoEventWriter())
         self.bar = tqdm(total=args.total_updates, initial=self.updates, unit="upd",
                         dynamic_ncols=True, disable=not self.writes,
@@ -315,8 +317,9 @@ class EventWriter:
     """TensorBoard scalars, written by the training process itself (tensorboardX's
     SummaryWriter writes from a background thread, where a full disk kills the thread and then
     blocks the run): each `flush` appends whole records, and an error undoes a partial append
-    and raises RunWriteError. With `purge_step` (a resumed run), TensorBoard drops the earlier
-    events at or after that step, which the stopped process wrote after its last checkpoint."""
+    and raises RunWriteError. With `purge_step` (a resumed run: one past its checkpoint's
+    update), TensorBoard drops the earlier events at or after that step, which the stopped
+    process wrote after its last checkpoint."""
 
     def __init__(self, directory: Path, last_checkpoint, purge_step: int | None = None):
         self.path = directory / (f"events.out.tfevents.{int(time.time())}."

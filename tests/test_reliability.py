@@ -80,8 +80,20 @@ def saved_params(run_dir):
     return serialization.msgpack_restore((run_dir / "policy.msgpack").read_bytes())["params"]
 
 
+def tensorboard_curves(run_dir):
+    """Every scalar curve as TensorBoard itself shows it (its reader drops, at a restart's
+    SessionLog.START event, what the stopped process wrote at or after that step), without the
+    timing curves, which differ between any two runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if not tag.startswith("perf/")}
+
+
 def assert_same_run(reference_dir, resumed_dir):
-    """Bit for bit: every parameter of every seed, and every score in results.json."""
+    """Bit for bit: every parameter of every seed, every score in results.json, and every
+    TensorBoard curve (no step lost or shown twice at the resume)."""
     reference = json.loads((reference_dir / "results.json").read_text())
     resumed = json.loads((resumed_dir / "results.json").read_text())
     assert resumed["status"] == reference["status"] == "finished"
@@ -91,6 +103,7 @@ def assert_same_run(reference_dir, resumed_dir):
     assert len(leaves[0]) == len(leaves[1]) > 0
     for a, b in zip(*leaves):
         np.testing.assert_array_equal(a, b)
+    assert tensorboard_curves(resumed_dir) == tensorboard_curves(reference_dir)
     return resumed
 
 
